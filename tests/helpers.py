@@ -1,0 +1,19 @@
+"""Shared test inputs for the tiny families."""
+
+from __future__ import annotations
+
+from tv_lens.testing import TinyModel, random_image
+
+
+def two_prompts(tiny: TinyModel, hooked, n_images=(1, 2)):
+    """A left-padded batch of two prompts; VLM rows carry ``n_images`` images each, separated by text."""
+    if hooked.image_placeholder is None:
+        return hooked.prepare(["Q:France\nA:Paris\n\nQ:Spain\nA:", "Q:Peru\nA:"]), []
+    ph = hooked.image_placeholder
+    texts, images = [], []
+    width, height = tiny.image_size
+    for row, count in enumerate(n_images):
+        parts = [f"Q:{ph}\nA:x{i}\n\n" for i in range(count - 1)] + [f"Q:{ph}\nA:"]
+        texts.append(("pad " * row) + "".join(parts))
+        images.append([random_image(width, height, seed=10 * row + i) for i in range(count)])
+    return hooked.prepare(texts, images=images), images

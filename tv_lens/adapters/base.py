@@ -1,0 +1,120 @@
+"""What an adapter declares: where a family keeps its decoder layers, norms, unembedding and image tokens.
+
+An adapter is data, not code that re-implements a forward pass. Paths are dotted attribute paths from the HF model
+object; a tuple of candidates lets one adapter cover several transformers versions (the first that resolves wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Paths = tuple[str, ...]
+
+
+def resolve_path(root: nn.Module, paths: str | Paths) -> nn.Module | None:
+    """Return the first module found at one of the dotted ``paths`` under ``root``, or ``None``."""
+    for path in (paths,) if isinstance(paths, str) else paths:
+        obj = root
+        try:
+            for part in path.split("."):
+                obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        except (AttributeError, IndexError, TypeError):
+            continue
+        if obj is not None:
+            return obj
+    return None
+
+
+def _config_get(config, *names, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def default_text_config(config):
+    """The language model's config: ``config.text_config`` for VLMs, the config itself for causal LMs."""
+    return _config_get(config, "text_config", default=config)
+
+
+def default_image_token_id(config) -> int | None:
+    return _config_get(config, "image_token_id", "image_token_index")
+
+
+def contiguous_runs(mask: torch.Tensor) -> list[torch.Tensor]:
+    """Split the True positions of a 1-D bool mask into runs of consecutive indices."""
+    idx = torch.nonzero(mask, as_tuple=False).flatten()
+    if idx.numel() == 0:
+        return []
+    breaks = torch.nonzero(idx[1:] != idx[:-1] + 1, as_tuple=False).flatten() + 1
+    return list(torch.tensor_split(idx, breaks.tolist()))
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where one model family keeps the parts tv_lens hooks.
+
+    Attributes:
+        family: short name (``"llava"``, ``"causal_lm"``...).
+        architectures: HF class names this adapter accepts.
+        layers: path(s) to the ``nn.ModuleList`` of decoder layers.
+        final_norm: path(s) to the final norm before the unembedding.
+        lm_head: path(s) to the unembedding ``nn.Linear``.
+        embed_tokens: path(s) to the token embedding.
+        attn_out: path(s), relative to a decoder layer, of the module whose output is ADDED to the residual after
+            attention (``self_attn``; for sandwich-norm families the post-attention norm).
+        mlp_out: the same for the MLP.
+        image_features: path(s) to the module whose output is the projected image features (``None``: no hook).
+        image_placeholder: the string a user writes in a prompt for one image (``"<image>"``).
+        text_config: config → language-model config.
+        image_token_id: config → id of the image token in ``input_ids`` (``None`` for text-only families).
+        image_spans: ``(input_ids_row, config) -> list of index tensors``, one per image, overriding the default
+            (contiguous runs of the image token).
+        image_token_count: config → tokens per image, for families where every image has the same count; runs of
+            adjacent images (``<image><image>``) are then split into one span per image.
+        has_resid_mid: whether ``hook_resid_mid`` exists (pre-norm residual blocks: attention then MLP).
+        processor_image_kwarg: the processor's keyword for images.
+    """
+
+    family: str
+    architectures: tuple[str, ...]
+    layers: Paths
+    final_norm: Paths
+    lm_head: Paths
+    embed_tokens: Paths
+    attn_out: Paths = ("self_attn",)
+    mlp_out: Paths = ("mlp",)
+    image_features: Paths | None = None
+    image_placeholder: str | None = None
+    text_config: Callable = default_text_config
+    image_token_id: Callable = default_image_token_id
+    image_spans: Callable | None = None
+    image_token_count: Callable | None = None
+    has_resid_mid: bool = True
+    processor_image_kwarg: str = "images"
+    notes: str = field(default="", compare=False)
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.image_placeholder is not None
+
+    def spans_for_row(self, input_ids_row: torch.Tensor, config) -> list[torch.Tensor]:
+        """Token indices of each image in one (expanded) row of ``input_ids``, in order of appearance."""
+        if self.image_spans is not None:
+            return self.image_spans(input_ids_row, config)
+        token_id = self.image_token_id(config)
+        if token_id is None:
+            return []
+        runs = contiguous_runs(input_ids_row == token_id)
+        per_image = self.image_token_count(config) if self.image_token_count is not None else None
+        if not per_image:
+            return runs
+        spans = []
+        for run in runs:
+            spans.extend(run.split(per_image) if run.numel() % per_image == 0 else [run])
+        return spans

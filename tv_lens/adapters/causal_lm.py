@@ -1,0 +1,31 @@
+"""Plain causal language models: Llama (SmolLM2, Vicuna), Mistral, Qwen2, GPT-2."""
+
+from .base import Adapter
+
+LLAMA_LIKE = Adapter(
+    family="causal_lm",
+    architectures=(
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+    ),
+    layers=("model.layers",),
+    final_norm=("model.norm",),
+    lm_head=("lm_head",),
+    embed_tokens=("model.embed_tokens",),
+)
+
+GPT2 = Adapter(
+    family="gpt2",
+    architectures=("GPT2LMHeadModel",),
+    layers=("transformer.h",),
+    final_norm=("transformer.ln_f",),
+    lm_head=("lm_head",),
+    embed_tokens=("transformer.wte",),
+    attn_out=("attn",),
+    mlp_out=("mlp",),
+    notes="hook_embed is token + position embeddings (the residual entering block 0).",
+)
+
+ADAPTERS = [LLAMA_LIKE, GPT2]
