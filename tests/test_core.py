@@ -96,9 +96,18 @@ def test_image_positions_one_and_two_images(family):
     _, tiny, hooked = family
     if hooked.image_placeholder is None:
         pytest.skip("text-only family")
-    inputs, images = two_prompts(tiny, hooked, n_images=(1, 2))
+    n_images = (1, 2)
+    limit = hooked.adapter.max_images_per_prompt
+    if limit is not None and limit < 2:
+        # Fuyu: its processor lays out one image, before the text; a second one must be refused, clearly.
+        w, h = tiny.image_size
+        ph = hooked.image_placeholder
+        with pytest.raises(InputError, match="at most 1 image"):
+            hooked.prepare([ph + ph + "Q:\nA:"], images=[random_image(w, h), random_image(w, h, seed=1)])
+        n_images = (1, 1)
+    inputs, images = two_prompts(tiny, hooked, n_images=n_images)
     pos = hooked.positions(inputs)
-    assert [len(row) for row in pos.images] == [1, 2]
+    assert [len(row) for row in pos.images] == list(n_images)
     image_id = hooked.cfg.image_token_id
     for r, row in enumerate(pos.images):
         flat = torch.cat(row)

@@ -1,7 +1,29 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
+from . import hooks, positions, prompts, tasks
+from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
+from .vectors import TaskVector, cosine_similarity, ensemble, extract_task_vector, instruction_vector, transfer
 
 __version__ = "0.1.0"
 
-__all__ = ["HookedModelConfig", "HookedMultimodalModel", "__version__"]
+__all__ = [
+    "EvalResult",
+    "HookedModelConfig",
+    "HookedMultimodalModel",
+    "SweepResult",
+    "TaskVector",
+    "__version__",
+    "cosine_similarity",
+    "ensemble",
+    "evaluate",
+    "extract_task_vector",
+    "hooks",
+    "instruction_vector",
+    "layer_sweep",
+    "positions",
+    "prompts",
+    "sample_efficiency",
+    "tasks",
+    "transfer",
+]

@@ -354,6 +354,16 @@ class HookedMultimodalModel(HookedRootModule):
             module, point = self._final_norm, self.ln_final.hook_normalized
         else:
             module, point = self._image_projector, self.hook_image_features
+            attr = self.adapter.image_features_attr
+            if attr is not None:
+                def field_hook(module, args, output):
+                    out = getattr(output, attr)
+                    new = point(out)
+                    if new is not out:
+                        output[attr] = new   # a ModelOutput: sets the key and the attribute
+                    return None
+
+                return [module.register_forward_hook(field_hook)]
 
         def output_hook(module, args, output):
             out = _first(output)
@@ -421,11 +431,18 @@ class HookedMultimodalModel(HookedRootModule):
             with model.hooks([("blocks.16.hook_resid_post", tvl.hooks.patch(vec[16], at="delimiter"))]):
                 out = model.generate(image_query, max_new_tokens=5)
         """
+        from .hooks import PositionHook, check_fired
+
         for name, _ in fwd_hooks:
             if isinstance(name, str):
                 self._check_name(name)
+        user_fns = [getattr(fn, "__wrapped__", fn) for _, fn in fwd_hooks]
+        for fn in user_fns:
+            if isinstance(fn, PositionHook):
+                fn.fired = 0
         with super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
             yield model
+        check_fired(user_fns)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -444,6 +461,10 @@ class HookedMultimodalModel(HookedRootModule):
         Raises:
             InputError: the number of images does not match the placeholders, or no tokenizer/processor is known.
         """
+        if not isinstance(text, str) and text and not isinstance(text[0], str):
+            from .prompts import encode
+
+            return encode(self, text)
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise InputError("No text given.")
@@ -454,12 +475,25 @@ class HookedMultimodalModel(HookedRootModule):
             raise InputError(
                 f"{len(flat_images)} image(s) given but the text has {sum(n_placeholders)} image placeholder(s) "
                 f"{placeholder!r} ({n_placeholders} per prompt). Put one placeholder where each image goes.")
+        limit = self.adapter.max_images_per_prompt
+        if limit is not None and max(n_placeholders) > limit:
+            row = next(i for i, n in enumerate(n_placeholders) if n > limit)
+            raise InputError(
+                f"{self.cfg.family} takes at most {limit} image(s) per prompt: its processor cannot lay out more "
+                f"(prompt {row} has {n_placeholders[row]}). Give each image its own prompt.")
+        if self.adapter.images_first and flat_images:
+            late = [i for i, (t, n) in enumerate(zip(texts, n_placeholders)) if not t.startswith(placeholder * n)]
+            if late:
+                raise InputError(
+                    f"{self.cfg.family}'s processor puts a prompt's image before its text, so the placeholder "
+                    f"{placeholder!r} must open the prompt (prompt {late[0]}: {texts[late[0]][:40]!r}...).")
+            texts = [t[len(placeholder) * n:] for t, n in zip(texts, n_placeholders)]
         if flat_images:
             if self.processor is None:
                 raise InputError("Images need a processor: wrap the model with from_hf(model, processor=...).")
             per_prompt = _split_per_prompt(flat_images, n_placeholders)
             kwargs = {"text": texts, self.adapter.processor_image_kwarg: per_prompt, "return_tensors": "pt",
-                      "padding": True, **processor_kwargs}
+                      "padding": True, **dict(self.adapter.processor_kwargs), **processor_kwargs}
             tokenizer = self.processor.tokenizer
             old_side = tokenizer.padding_side
             tokenizer.padding_side = padding_side
@@ -488,7 +522,9 @@ class HookedMultimodalModel(HookedRootModule):
 
     def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         device = self.input_device
-        moved = {}
+        moved = type(inputs)() if type(inputs) is not dict and isinstance(inputs, dict) else {}
+        if hasattr(moved, "__dict__"):
+            moved.__dict__.update(getattr(inputs, "__dict__", {}))  # a PromptBatch keeps prompts and positions
         for key, value in inputs.items():
             if isinstance(value, Tensor) and value.device != device:
                 if value.device.type == "meta":
@@ -501,27 +537,30 @@ class HookedMultimodalModel(HookedRootModule):
         return moved
 
     def _as_inputs(self, inputs: Any) -> dict[str, Any]:
-        if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or all(isinstance(t, str)
-                                                                                        for t in inputs)):
+        from .prompts import Prompt, encode
+
+        if isinstance(inputs, Prompt) or (isinstance(inputs, (list, tuple)) and inputs
+                                          and all(isinstance(p, Prompt) for p in inputs)):
+            return encode(self, inputs)
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs
+                                       and all(isinstance(t, str) for t in inputs)):
             return self.prepare(inputs)
-        if hasattr(inputs, "to_model_inputs"):
-            return self._to_device(inputs.to_model_inputs())
         if isinstance(inputs, Tensor):
             inputs = {"input_ids": inputs}
         if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
             inputs = dict(inputs)
         if not isinstance(inputs, dict) or "input_ids" not in inputs:
-            raise InputError("Inputs must be text, a token tensor, or a dict with input_ids (a processor output); "
-                             f"got {type(inputs).__name__}.")
+            raise InputError("Inputs must be text, prompts, a token tensor, or a dict with input_ids (a processor "
+                             f"output); got {type(inputs).__name__}.")
         if inputs["input_ids"].ndim == 1:
             inputs = {k: (v[None] if isinstance(v, Tensor) and k in ("input_ids", "attention_mask") else v)
                       for k, v in inputs.items()}
-        return self._to_device(inputs)
+        return _extend_token_types(self._to_device(inputs))
 
     def positions(self, inputs: Any) -> _positions.TokenPositions:
         """Per-row token positions of a batch: last real token, first real token, image token spans."""
-        meta = getattr(inputs, "named_positions", None)
         inputs = self._as_inputs(inputs)
+        meta = getattr(inputs, "named_positions", None)
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:
@@ -543,8 +582,11 @@ class HookedMultimodalModel(HookedRootModule):
 
     def _run(self, inputs: dict[str, Any], **forward_kwargs: Any) -> Tensor:
         forward_kwargs.setdefault("use_cache", False)
+        from .hooks import running
+
         model_inputs = {k: v for k, v in inputs.items() if k != "offset_mapping"}
-        return self.hf_model(**model_inputs, **forward_kwargs).logits
+        with running(self, inputs):
+            return self.hf_model(**model_inputs, **forward_kwargs).logits
 
     def run_with_hooks(self, inputs: Any, fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
                        **forward_kwargs: Any) -> Float[Tensor, "batch pos d_vocab"]:
@@ -644,6 +686,8 @@ class HookedMultimodalModel(HookedRootModule):
         Returns:
             ``LongTensor[batch, prompt_len + new]`` (HF convention), or only the new tokens.
         """
+        from .hooks import running
+
         inputs = self._as_inputs(inputs)
         calls = {"n": 0}
 
@@ -665,8 +709,9 @@ class HookedMultimodalModel(HookedRootModule):
                 pad_id = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
                 if pad_id is not None:
                     generate_kwargs.setdefault("pad_token_id", pad_id)
-                out = self.hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                             **generate_kwargs)
+                with running(self, inputs):
+                    out = self.hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                                 **generate_kwargs)
         finally:
             counter.remove()
             self._resid_pre_store.clear()
@@ -726,6 +771,21 @@ def _reachable(name: str, stop_layer: int) -> bool:
         layer = int(name.split(".")[1])
         return layer < stop_layer or (layer == stop_layer and name.endswith("hook_resid_pre"))
     return False
+
+
+_TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+
+def _extend_token_types(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Right-extend per-token modality ids (Gemma 3 ``token_type_ids``, Qwen2-VL ``mm_token_type_ids``) that are
+    shorter than ``input_ids`` with 0 (text), in place: tokens appended to a processed prompt (a generation loop
+    that re-runs the whole prefix) are text, as in HF ``generate``."""
+    n = inputs["input_ids"].shape[-1]
+    for key in _TOKEN_TYPE_KEYS:
+        value = inputs.get(key)
+        if isinstance(value, Tensor) and value.ndim == 2 and value.shape[1] < n:
+            inputs[key] = torch.cat([value, value.new_zeros(value.shape[0], n - value.shape[1])], dim=1)
+    return inputs
 
 
 def _flatten_images(images: Any, n_placeholders: list[int]) -> list:

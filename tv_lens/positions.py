@@ -129,14 +129,25 @@ def _resolve_name(spec: str, positions: TokenPositions) -> Tensor:
             raise PositionError(f"image[{index}] has different token counts across rows ({sorted(lengths)}); "
                                 "select rows with the same image size, or pass a per-row tensor.")
         return torch.stack([s.to(device) for s in spans])
-    if positions.named and all(name in row for row in positions.named):
-        values = [_row_index(name, row[name], index, r) for r, row in enumerate(positions.named)]
+    key = {"delimiter": "final_delimiter" if index is None else "demo_delimiters"}.get(name, name)
+    if positions.named and all(key in row for row in positions.named):
+        if index is None and key != "final_delimiter":  # a whole span: "query"
+            spans = [row[key] for row in positions.named]
+            if len({len(s) for s in spans}) != 1:
+                raise PositionError(f"{name!r} has different token counts across rows "
+                                    f"({sorted({len(s) for s in spans})}); use '{name}[-1]' for its last token.")
+            return torch.tensor(spans, dtype=torch.long, device=device)
+        values = [_row_index(name, row[key], index, r) for r, row in enumerate(positions.named)]
         return torch.tensor(values, dtype=torch.long, device=device)
     raise PositionError(f"Position {spec!r} does not occur in these inputs. " + _known_names(positions))
 
 
 def _known_names(positions: TokenPositions) -> str:
-    names = ["last", "image[j]"] + sorted({f"{k}[k]" for row in positions.named for k in row})
+    names = ["last", "image[j]"]
+    if any("final_delimiter" in row for row in positions.named):
+        names += ["delimiter", "delimiter[k]"]
+    if any("query" in row for row in positions.named):
+        names += ["query", "query[k]"]
     return "Known names: " + ", ".join(names) + "; or an int / list / LongTensor."
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +71,8 @@ class Adapter:
             attention (``self_attn``; for sandwich-norm families the post-attention norm).
         mlp_out: the same for the MLP.
         image_features: path(s) to the module whose output is the projected image features (``None``: no hook).
+        image_features_attr: the field of that module's output holding the features, for modules that return a
+            ``ModelOutput`` (``"pooler_output"``); ``None``: the output itself (or its first element).
         image_placeholder: the string a user writes in a prompt for one image (``"<image>"``).
         text_config: config → language-model config.
         image_token_id: config → id of the image token in ``input_ids`` (``None`` for text-only families).
@@ -79,6 +82,12 @@ class Adapter:
             adjacent images (``<image><image>``) are then split into one span per image.
         has_resid_mid: whether ``hook_resid_mid`` exists (pre-norm residual blocks: attention then MLP).
         processor_image_kwarg: the processor's keyword for images.
+        processor_kwargs: keyword arguments always passed to the processor (``(name, value)`` pairs; the caller's
+            own keywords win).
+        max_images_per_prompt: the most images the family's processor can lay out in one prompt (``None``: no
+            limit); ``prepare`` refuses more with an ``InputError``.
+        images_first: the processor itself puts a prompt's image before its text (Fuyu): the placeholder must open
+            the prompt, and ``prepare`` removes it before the processor sees the text.
     """
 
     family: str
@@ -90,6 +99,7 @@ class Adapter:
     attn_out: Paths = ("self_attn",)
     mlp_out: Paths = ("mlp",)
     image_features: Paths | None = None
+    image_features_attr: str | None = None
     image_placeholder: str | None = None
     text_config: Callable = default_text_config
     image_token_id: Callable = default_image_token_id
@@ -97,6 +107,9 @@ class Adapter:
     image_token_count: Callable | None = None
     has_resid_mid: bool = True
     processor_image_kwarg: str = "images"
+    processor_kwargs: tuple[tuple[str, Any], ...] = ()
+    max_images_per_prompt: int | None = None
+    images_first: bool = False
     notes: str = field(default="", compare=False)
 
     @property

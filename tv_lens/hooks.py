@@ -1,0 +1,191 @@
+"""Hook-function factories: small TransformerLens-style hooks that act at named token positions.
+
+Each factory returns a callable ``hook(activation, hook) -> activation | None`` to put in a ``fwd_hooks`` list,
+next to any other hook::
+
+    model.run_with_hooks(batch, fwd_hooks=[
+        ("blocks.12.hook_resid_post", tvl.hooks.patch(vec[12], at="delimiter")),
+        ("blocks.3.hook_attn_out", tvl.hooks.zero_ablate(at="query")),
+    ])
+
+Positions (``at=``) are resolved per row of the running batch (see :mod:`tv_lens.positions`). Every hook counts
+how often it acted; when the ``model.hooks(...)`` block (or ``run_with_hooks`` / ``generate``) ends and a
+position hook never acted, :class:`~tv_lens.errors.PatchNotFiredError` is raised — a patch that did not fire is an
+error, never a silent no-op. A position that does not occur in a row raises ``PositionError`` during the forward.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import positions as _positions
+from .errors import PatchNotFiredError, VectorError
+
+_CURRENT: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("tv_lens_current_batch", default=None)
+
+
+@contextmanager
+def running(model, inputs) -> Any:
+    """Tell position hooks which batch is running (the model does this around each forward)."""
+    token = _CURRENT.set((model, inputs, {}))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_index(at: Any, row_mask: Tensor | None = None) -> Tensor:
+    """Resolve ``at`` for the batch that is running now: ``LongTensor[batch]`` or ``[batch, k]``."""
+    state = _CURRENT.get()
+    if state is None:
+        raise RuntimeError("A tv_lens position hook ran outside a tv_lens model call; run it through "
+                           "model.run_with_hooks / model.hooks / model.generate.")
+    model, inputs, memo = state
+    if "positions" not in memo:
+        memo["positions"] = model.positions(inputs)
+    key = at if isinstance(at, (str, int)) else id(at)
+    if key not in memo:
+        memo[key] = _positions.resolve(at, memo["positions"])
+    return memo[key]
+
+
+class PositionHook:
+    """Base class: a hook acting at ``at`` on rows ``rows`` (all by default); counts how often it fired."""
+
+    must_fire = True
+
+    def __init__(self, at: Any, rows: Tensor | None = None) -> None:
+        self.at = at
+        self.rows = rows
+        self.fired = 0
+
+    def __call__(self, act: Tensor, hook: Any) -> Tensor | None:
+        index = current_index(self.at)
+        out = self.apply(act, index, hook)
+        self.fired += 1
+        return out
+
+    def _row_selector(self, act: Tensor) -> Tensor:
+        rows = torch.arange(act.shape[0], device=act.device)
+        if self.rows is not None:
+            rows = rows[self.rows.to(act.device)]
+        return rows
+
+    def apply(self, act: Tensor, index: Tensor, hook: Any) -> Tensor | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(at={self.at!r}, fired={self.fired})"
+
+
+def _check_width(vector: Tensor, act: Tensor, what: str) -> None:
+    if vector.shape[-1] != act.shape[-1]:
+        raise VectorError(f"{what} has width {vector.shape[-1]} but the activation has {act.shape[-1]} "
+                          "(was it taken from another model or another hook point?).")
+
+
+def _write(act: Tensor, index: Tensor, rows: Tensor, values: Tensor, mode: str) -> Tensor:
+    """Return a copy of ``act`` with ``values`` written (or added) at ``(rows, index[rows])``."""
+    out = act.clone()
+    idx = index.to(act.device)[rows]
+    values = values.to(device=act.device, dtype=act.dtype)
+    if idx.ndim == 1:
+        target = (rows, idx)
+        if values.ndim == 2 and values.shape[0] == act.shape[0]:
+            values = values[rows]
+    else:
+        target = (rows[:, None], idx)
+    if mode == "replace":
+        out[target] = values
+    else:
+        out[target] = out[target] + values
+    return out
+
+
+class _Write(PositionHook):
+    def __init__(self, values: Tensor | None, at: Any, mode: str, scale: float = 1.0,
+                 rows: Tensor | None = None, what: str = "vector") -> None:
+        super().__init__(at, rows)
+        self.values = None if values is None else torch.as_tensor(values).detach()
+        self.mode, self.scale, self.what = mode, scale, what
+
+    def apply(self, act: Tensor, index: Tensor, hook: Any) -> Tensor:
+        values = torch.zeros(act.shape[-1]) if self.values is None else self.values
+        _check_width(values, act, self.what)
+        return _write(act, index, self._row_selector(act), values * self.scale, self.mode)
+
+    def __repr__(self) -> str:
+        shape = None if self.values is None else tuple(self.values.shape)
+        return f"{self.what}(at={self.at!r}, mode={self.mode}, values={shape}, fired={self.fired})"
+
+
+def patch(vector: Float[Tensor, "*rows d_model"], at: Any = "delimiter",
+          rows: Tensor | None = None) -> PositionHook:
+    """REPLACE the activation at ``at`` with ``vector`` (the paper's task-vector patch).
+
+    Args:
+        vector: ``[d_model]`` (same for every row), ``[batch, d_model]`` (one per row), or ``[k, d_model]`` for
+            a span position.
+        at: a position spec (default: the final delimiter).
+        rows: optional bool mask or indices of the rows to patch (others untouched).
+    """
+    return _Write(vector, at, "replace", rows=rows, what="patch")
+
+
+def add(vector: Float[Tensor, "*rows d_model"], at: Any = "delimiter", scale: float = 1.0,
+        rows: Tensor | None = None) -> PositionHook:
+    """ADD ``scale * vector`` at ``at`` (function-vector style steering)."""
+    return _Write(vector, at, "add", scale=scale, rows=rows, what="add")
+
+
+def mean_ablate(means: Float[Tensor, "*k d_model"], at: Any = "delimiter",
+                rows: Tensor | None = None) -> PositionHook:
+    """Replace the activation at ``at`` with its mean over a reference set (``means``)."""
+    return _Write(means, at, "replace", rows=rows, what="mean_ablate")
+
+
+def zero_ablate(at: Any = "delimiter", rows: Tensor | None = None) -> PositionHook:
+    """Set the activation at ``at`` to zero."""
+    return _Write(None, at, "replace", rows=rows, what="zero_ablate")
+
+
+class _Record(PositionHook):
+    def __init__(self, store: MutableMapping | list, at: Any, rows: Tensor | None = None) -> None:
+        super().__init__(at, rows)
+        self.store = store
+
+    def apply(self, act: Tensor, index: Tensor, hook: Any) -> None:
+        rows = self._row_selector(act)
+        idx = index.to(act.device)[rows]
+        taken = act[rows, idx] if idx.ndim == 1 else act[rows[:, None], idx]
+        taken = taken.detach().clone()
+        if isinstance(self.store, list):
+            self.store.append(taken)
+        else:
+            self.store[hook.name] = taken
+        return None
+
+
+def record(store: MutableMapping | list, at: Any = "last", rows: Tensor | None = None) -> PositionHook:
+    """Record the activation at ``at`` into ``store`` (``store[hook.name] = [batch, d]``, or appended to a list)."""
+    return _Record(store, at, rows)
+
+
+def check_fired(hook_fns: list[Callable]) -> None:
+    """Raise :class:`PatchNotFiredError` for position hooks that never acted."""
+    silent = [fn for fn in hook_fns if isinstance(fn, PositionHook) and fn.must_fire and fn.fired == 0]
+    if silent:
+        raise PatchNotFiredError(
+            f"{len(silent)} hook(s) never fired: {silent[:3]}. Their hook point did not run (a layer past "
+            "stop_at_layer? a decode step only?) — a patch that does not fire is an error.")
+
+
+__all__ = ["PositionHook", "add", "check_fired", "current_index", "mean_ablate", "patch", "record", "running",
+           "zero_ablate"]

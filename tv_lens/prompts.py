@@ -1,0 +1,359 @@
+"""Prompts: text ICL, image ICL, mixed (xBase), instructions and bare queries, in the Q:/A: template or a chat template.
+
+A :class:`Prompt` is model-agnostic: images are slots that :func:`encode` renders with the model's own placeholder.
+Named positions come from character offsets in the rendered text, mapped to token indices after tokenization and
+image expansion, so data containing ``:`` or newlines can never shift them:
+
+- ``"delimiter"``: the token that ends the final ``A:`` (the query's), i.e. the last token before the answer;
+- ``"delimiter[k]"``: the k-th demo's delimiter (``"delimiter[-1]"``: the last demo's);
+- ``"query"``: every token of the query input (text tokens or image tokens), ``"query[-1]"`` its last token.
+
+Template (Todd et al.): demos ``Q:{x}\\nA:{y}\\n\\n``, query ``Q:{x}\\nA:``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import InputError, TaskError
+
+QUESTION, ANSWER, SEPARATOR = "Q:", "\nA:", "\n\n"
+MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    """Where an image goes; ``image`` is a PIL image or a path."""
+
+    image: Any
+
+
+@dataclass(frozen=True)
+class _Mark:
+    name: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt: text pieces, image slots and position marks, plus what it is for.
+
+    Attributes:
+        pieces: strings, :class:`ImageSlot` s and internal marks, in order.
+        label: the expected answer of the query (``None`` for a source-only prompt).
+        demo_labels: the answers of the in-context demos (for the majority baseline).
+        kind: ``"icl"``, ``"query"`` (no context) or ``"instruction"``.
+        demo_modality / query_modality: ``"text"``, ``"image"`` or ``None``.
+        query_input: the query's text form (``"France"``), also for image queries.
+        chat: rendered with the model's chat template.
+    """
+
+    pieces: tuple
+    label: str | None = None
+    demo_labels: tuple[str, ...] = ()
+    kind: str = "icl"
+    demo_modality: str | None = None
+    query_modality: str | None = None
+    query_input: str | None = None
+    chat: bool = False
+
+    @property
+    def n_demos(self) -> int:
+        return len(self.demo_labels)
+
+    @property
+    def images(self) -> list:
+        return [p.image for p in self.pieces if isinstance(p, ImageSlot)]
+
+    def render(self, placeholder: str | None = "<image>") -> str:
+        """The prompt text with ``placeholder`` at each image."""
+        return _render(self, placeholder)[0]
+
+    def __repr__(self) -> str:
+        text = self.render("<image>")
+        short = text if len(text) < 70 else text[:30] + " … " + text[-30:]
+        return (f"Prompt({self.kind}, demos={self.n_demos} {self.demo_modality or ''}, "
+                f"query={self.query_modality}, label={self.label!r}, text={short!r})")
+
+
+def _render(prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
+    text, marks = "", {}
+    for piece in prompt.pieces:
+        if isinstance(piece, str):
+            text += piece
+        elif isinstance(piece, ImageSlot):
+            if placeholder is None:
+                raise InputError("This prompt has an image but the model is text-only (no image placeholder).")
+            text += placeholder
+        else:
+            marks.setdefault(piece.name, []).append(len(text))
+    return text, marks
+
+
+def _item_field(item: Any, name: str) -> Any:
+    return item[name] if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _image_of(item: Any) -> Any:
+    opener = getattr(item, "open_image", None)
+    if callable(opener):
+        return opener()
+    image = _item_field(item, "image")
+    if image is None:
+        raise TaskError(f"Item {_item_field(item, 'input')!r} has no image; use task.with_images() for image "
+                        "prompts.")
+    return image
+
+
+def _input_pieces(item: Any, modality: str) -> list:
+    if modality == "text":
+        value = _item_field(item, "input")
+        if not value:
+            raise TaskError(f"Item {item!r} has no text input.")
+        return [str(value)]
+    if modality == "image":
+        return [ImageSlot(_image_of(item))]
+    raise InputError(f"Unknown modality {modality!r}; use one of {MODALITIES}.")
+
+
+def _check_label(item: Any) -> str:
+    label = _item_field(item, "output")
+    if label is None or not str(label).strip():
+        raise TaskError(f"Item {_item_field(item, 'input')!r} has an empty label.")
+    return str(label)
+
+
+def query(item: Any, modality: str = "text") -> Prompt:
+    """A contextless query ``Q:{x}\\nA:`` (no demos): the target of a patch, and the no-context baseline."""
+    return icl_prompt([], item, demo_modality=None, query_modality=modality)
+
+
+def icl_prompt(demos: Sequence[Any], item: Any | None, demo_modality: str | None = "text",
+               query_modality: str | None = "text", chat: bool = False) -> Prompt:
+    """One ICL prompt from explicit demos and a query item (``item=None``: demos only)."""
+    pieces: list = []
+    labels = []
+    for demo in demos:
+        label = _check_label(demo)
+        pieces += [QUESTION, *_input_pieces(demo, demo_modality), ANSWER, _Mark("answer"), label, SEPARATOR]
+        labels.append(label)
+    label = query_input = None
+    if item is not None:
+        label = _check_label(item)
+        query_input = str(_item_field(item, "input") or "")
+        pieces += [QUESTION, _Mark("query_start"), *_input_pieces(item, query_modality), _Mark("query_end"),
+                   ANSWER, _Mark("answer")]
+    return Prompt(tuple(pieces), label=label, demo_labels=tuple(labels), kind="icl" if demos else "query",
+                  demo_modality=demo_modality if demos else None,
+                  query_modality=query_modality if item is not None else None, query_input=query_input, chat=chat)
+
+
+def instruction(text: str) -> Prompt:
+    """A bare instruction (``"The capital city of the country:"``); its vector is read at the last token."""
+    if not text or not text.strip():
+        raise TaskError("The instruction is empty.")
+    return Prompt((text, _Mark("answer")), kind="instruction")
+
+
+def sample_demos(pool: Sequence[Any], n_shots: int, exclude: Any, rng: random.Random) -> list:
+    """``n_shots`` demos from ``pool``, never the query itself (compared by input)."""
+    excluded = _item_field(exclude, "input") if exclude is not None else None
+    candidates = [it for it in pool if _item_field(it, "input") != excluded]
+    if len(candidates) < n_shots:
+        raise TaskError(f"{n_shots} shots need at least {n_shots} items besides the query; the pool has "
+                        f"{len(candidates)}.")
+    return rng.sample(candidates, n_shots)
+
+
+def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: str | None = None,
+        pool: Sequence[Any] | None = None, seed: int = 0, chat: bool = False,
+        include_query: bool = True) -> list[Prompt]:
+    """One ICL prompt per query item, with seeded demos.
+
+    Args:
+        queries: items (``TaskItem`` s, dicts with input/output/image) or a ``Task`` (its ``val`` split is used).
+        n_shots: demos per prompt (paper: 5).
+        modality: of the demos, ``"text"`` or ``"image"``.
+        query_modality: of the query; defaults to ``modality``. Text demos + image query = xBase.
+        pool: where demos come from; default: the queries themselves (never a prompt's own query).
+        seed: demo sampling seed; the same seed gives the same prompts.
+        include_query: ``False`` builds source prompts of demos only.
+
+    Raises:
+        TaskError: empty queries, too few items for ``n_shots``, an empty label.
+    """
+    items = list(getattr(queries, "val", queries))
+    if not items:
+        raise TaskError("No items to build prompts from (empty task or split).")
+    pool = list(pool) if pool is not None else items
+    rng = random.Random(seed)
+    query_modality = query_modality or modality
+    prompts = []
+    for item in items:
+        demos = sample_demos(pool, n_shots, item, rng)
+        prompts.append(icl_prompt(demos, item if include_query else None, modality, query_modality, chat=chat))
+    return prompts
+
+
+def queries(items: Any, modality: str = "text") -> list[Prompt]:
+    """Contextless queries for every item (``Task`` → its ``test`` split)."""
+    items = list(getattr(items, "test", items))
+    if not items:
+        raise TaskError("No items to build queries from (empty task or split).")
+    return [query(item, modality) for item in items]
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+class PromptBatch(dict):
+    """Model inputs (a dict of tensors) that also know their prompts and named positions per row."""
+
+    prompts: list[Prompt]
+    named_positions: list[dict[str, list[int]]]
+
+
+def encode(model, prompts: Prompt | Sequence[Prompt]) -> PromptBatch:
+    """Render, tokenize (left-padded) and locate named positions for a batch of prompts.
+
+    Returns:
+        A :class:`PromptBatch`: ``input_ids [batch, pos]``, ``attention_mask``, pixel inputs, plus per-row
+        ``named_positions`` (``demo_delimiters``, ``final_delimiter``, ``query``).
+    """
+    prompts = [prompts] if isinstance(prompts, Prompt) else list(prompts)
+    if not prompts:
+        raise InputError("No prompts to encode.")
+    placeholder = model.image_placeholder
+    rendered = [_render_for(model, p, placeholder) for p in prompts]
+    texts = [r[0] for r in rendered]
+    images = [p.images for p in prompts]
+    inputs = model.prepare(texts, images=images if any(images) else None)
+    batch = PromptBatch(inputs)
+    batch.prompts = prompts
+    batch.named_positions = [_named_positions(model, text, marks, ids, mask)
+                             for (text, marks), ids, mask in zip(rendered, inputs["input_ids"],
+                                                                 inputs["attention_mask"])]
+    return batch
+
+
+def _render_for(model, prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
+    if not prompt.chat:
+        return _render(prompt, placeholder)
+    return _render_chat(model, prompt, placeholder)
+
+
+def _render_chat(model, prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
+    """Each demo becomes a user turn (``Q:{x}\\nA:``) and an assistant turn (``{y}``); the query a final user turn
+    plus the generation prompt. Marks are found again in the rendered text."""
+    tokenizer = model.tokenizer
+    template_owner = model.processor if getattr(model.processor, "chat_template", None) else tokenizer
+    if template_owner is None or not getattr(template_owner, "chat_template", None):
+        raise InputError("This model's tokenizer/processor has no chat template; use chat=False (the Q:/A: "
+                         "template).")
+    turns: list[dict[str, str]] = []
+    user = ""
+    piece_iter = iter(prompt.pieces)
+    for piece in piece_iter:
+        if isinstance(piece, str):
+            user += piece
+        elif isinstance(piece, ImageSlot):
+            user += placeholder or ""
+        elif piece.name == "answer":
+            turns.append({"role": "user", "content": user.strip("\n")})
+            user = ""
+            answer = next(piece_iter, None)
+            if isinstance(answer, str):
+                turns.append({"role": "assistant", "content": answer})
+                next(piece_iter, None)  # the demo separator
+    text = template_owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    marks: dict[str, list[int]] = {"answer": []}
+    cursor = 0
+    for turn in turns:
+        start = text.index(turn["content"], cursor)
+        if turn["role"] == "assistant":
+            marks["answer"].append(start)
+        cursor = start + len(turn["content"])
+    marks["answer"].append(len(text))
+    if prompt.query_input is not None and prompt.query_modality == "text":
+        start = text.rindex(prompt.query_input)
+        marks["query_start"], marks["query_end"] = [start], [start + len(prompt.query_input)]
+    elif prompt.query_modality == "image" and placeholder:
+        start = text.rindex(placeholder)
+        marks["query_start"], marks["query_end"] = [start], [start + len(placeholder)]
+    return text, marks
+
+
+def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -> dict[str, list[int]]:
+    tokenizer = model.tokenizer
+    plain = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
+    real = [int(i) for i, m in zip(ids.tolist(), mask.tolist()) if m]
+    first_real = int(mask.argmax()) if mask.any() else 0  # left padding: real tokens follow the pads
+    to_full = _align(plain_ids, real)
+
+    def token_at(char: int) -> int:
+        for index, (start, end) in enumerate(offsets):
+            if start <= char < end:
+                return index
+        # a char no token covers (e.g. stripped whitespace): the last token starting before it
+        candidates = [i for i, (start, end) in enumerate(offsets) if end > start and start <= char]
+        if not candidates:
+            raise InputError(f"Character {char} of the prompt maps to no token.")
+        return candidates[-1]
+
+    def full_index(plain_index: int, what: str) -> int:
+        mapped = to_full.get(plain_index)
+        if mapped is None:
+            raise InputError(f"Could not locate the {what} token after the processor expanded the prompt; "
+                             "the processor changed the text around it.")
+        return first_real + mapped
+
+    named: dict[str, list[int]] = {}
+    answers = marks.get("answer", [])
+    if answers:
+        # The delimiter is the token holding the last character before the answer (the ':' of "A:").
+        delimiters = [full_index(token_at(char - 1), "delimiter") for char in answers]
+        named["final_delimiter"] = [delimiters[-1]]
+        named["demo_delimiters"] = [d for d, char in zip(delimiters, answers) if char < len(text)]
+    if "query_start" in marks:
+        start, end = marks["query_start"][0], marks["query_end"][0]
+        if model.image_placeholder and text[start:end] == model.image_placeholder:
+            spans = model.adapter.spans_for_row(ids, model.hf_model.config)
+            named["query"] = spans[-1].tolist() if spans else []
+        else:
+            first_tok, last_tok = token_at(start), token_at(end - 1)
+            named["query"] = [full_index(i, "query") for i in range(first_tok, last_tok + 1)]
+    return named
+
+
+def _align(plain: list[int], full: list[int]) -> dict[int, int]:
+    """Map indices of the plain tokenization into the processor's (image-expanded) token sequence."""
+    if plain == full:
+        return {i: i for i in range(len(plain))}
+    matcher = difflib.SequenceMatcher(None, plain, full, autojunk=False)
+    mapping: dict[int, int] = {}
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            mapping[block.a + k] = block.b + k
+    return mapping
+
+
+def with_label(prompt: Prompt, label: str) -> Prompt:
+    """A copy of ``prompt`` with another label (e.g. for shuffled-label controls)."""
+    return replace(prompt, label=label)
+
+
+__all__ = [
+    "ImageSlot",
+    "Prompt",
+    "PromptBatch",
+    "encode",
+    "icl",
+    "icl_prompt",
+    "instruction",
+    "queries",
+    "query",
+    "sample_demos",
+    "with_label",
+]

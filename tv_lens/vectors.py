@@ -1,0 +1,314 @@
+"""Task vectors: extraction (exemplar and instruction), ensembles, LLM→VLM transfer, safe files.
+
+A task vector is the residual stream (``blocks.{l}.hook_resid_post``) at a delimiter token, averaged over prompts;
+tv_lens keeps one for every requested layer, and the layer to patch is chosen later (``evaluate.layer_sweep``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import LayerOutOfRangeError, TaskError, VectorError
+from .prompts import Prompt, encode, instruction
+
+FORMAT = "tv_lens.task_vector/1"
+
+
+@dataclass
+class TaskVector:
+    """Mean residual-stream vectors, one per layer, with where they came from.
+
+    Attributes:
+        vectors: ``[n_layers_kept, d_model]`` float32 on CPU, row ``i`` for ``layers[i]``.
+        layers: the model layers the rows belong to.
+        model_name, family, d_model, n_model_layers: the source model.
+        kind: ``"icl"``, ``"instruction"``, ``"ensemble"`` or ``"custom"``.
+        modality: of the demos (``"text"`` / ``"image"``), ``None`` for instructions.
+        position: where it was read (``"delimiter[-1]"``...).
+        n_prompts, seed, task: provenance.
+        per_prompt: optionally ``[n_prompts, n_layers_kept, d_model]``, each prompt's own vector.
+    """
+
+    vectors: Float[Tensor, "layer d_model"]
+    layers: list[int]
+    model_name: str
+    family: str
+    d_model: int
+    n_model_layers: int
+    kind: str = "icl"
+    modality: str | None = "text"
+    position: str = "delimiter[-1]"
+    n_prompts: int = 0
+    seed: int | None = None
+    task: str | None = None
+    per_prompt: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.vectors.shape != (len(self.layers), self.d_model):
+            raise VectorError(f"vectors must be [len(layers)={len(self.layers)}, d_model={self.d_model}], got "
+                              f"{tuple(self.vectors.shape)}.")
+
+    def __getitem__(self, layer: int) -> Float[Tensor, " d_model"]:
+        """The vector of model layer ``layer`` (negative counts from the model's last layer)."""
+        return self.vectors[self._row(layer)]
+
+    def _row(self, layer: int) -> int:
+        if not isinstance(layer, int):
+            raise LayerOutOfRangeError(f"Layer must be an int, got {layer!r}.")
+        if layer < 0:
+            layer += self.n_model_layers
+        if layer not in self.layers:
+            raise LayerOutOfRangeError(f"Layer {layer} is not in this task vector (it has layers "
+                                       f"{_short(self.layers)}); extract with layers='all' or include it.")
+        return self.layers.index(layer)
+
+    def hooks(self, layers: int | Sequence[int], at: Any = "delimiter", mode: str = "replace",
+              scale: float = 1.0) -> list[tuple[str, Any]]:
+        """``fwd_hooks`` that patch (``mode="replace"``) or add this vector at ``at`` in each of ``layers``."""
+        from .hooks import add, patch
+
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        if mode not in ("replace", "add"):
+            raise ValueError(f"mode must be 'replace' or 'add', not {mode!r}.")
+        out = []
+        for layer in layers:
+            vec = self[layer]
+            hook = patch(vec, at=at) if mode == "replace" else add(vec, at=at, scale=scale)
+            out.append((f"blocks.{layer % self.n_model_layers}.hook_resid_post", hook))
+        return out
+
+    def check_compatible(self, model) -> None:
+        """Raise :class:`VectorError` unless ``model`` has this vector's hidden size and enough layers."""
+        if model.cfg.d_model != self.d_model:
+            raise VectorError(f"This task vector has d_model={self.d_model} (from {self.model_name}); the model "
+                              f"{model.cfg.model_name} has d_model={model.cfg.d_model}.")
+        if max(self.layers) >= model.cfg.n_layers:
+            raise VectorError(f"This task vector has layer {max(self.layers)}; the model has only "
+                              f"{model.cfg.n_layers} layers.")
+
+    def subsample(self, r: int, seed: int = 0) -> TaskVector:
+        """Mean of ``r`` random per-prompt vectors (Figure 8's sample-efficiency curve)."""
+        if self.per_prompt is None:
+            raise VectorError("This vector kept no per-prompt vectors; extract with keep_per_prompt=True.")
+        n = self.per_prompt.shape[0]
+        if not 1 <= r <= n:
+            raise VectorError(f"r must be in [1, {n}], got {r}.")
+        picked = random.Random(seed).sample(range(n), r)
+        return replace(self, vectors=self.per_prompt[picked].mean(0), n_prompts=r, per_prompt=None,
+                       extra={**self.extra, "subsample_seed": seed})
+
+    # ------------------------------------------------------------------ files
+    def metadata(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model_name": self.model_name, "family": self.family, "d_model": self.d_model,
+                "n_model_layers": self.n_model_layers, "layers": self.layers, "kind": self.kind,
+                "modality": self.modality, "position": self.position, "n_prompts": self.n_prompts,
+                "seed": self.seed, "task": self.task, "extra": self.extra}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (safetensors, metadata in its header) atomically: temp file + rename."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"vectors": self.vectors.contiguous().float().cpu()}
+        if self.per_prompt is not None:
+            tensors["per_prompt"] = self.per_prompt.contiguous().float().cpu()
+        meta = self.metadata()
+        meta["sha256"] = _digest(tensors)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(tensors, tmp, metadata={"tv_lens": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TaskVector:
+        """Read a file written by :meth:`save`; validates format, shapes and checksum. Never unpickles."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No task-vector file at {path}.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises several types for garbage input
+            raise VectorError(f"{path} is not a safetensors task-vector file ({err}).") from None
+        try:
+            meta = json.loads(header["tv_lens"])
+        except (KeyError, json.JSONDecodeError):
+            raise VectorError(f"{path} has no tv_lens metadata: not a task-vector file.") from None
+        if meta.get("format") != FORMAT:
+            raise VectorError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}.")
+        if "vectors" not in tensors:
+            raise VectorError(f"{path} holds no 'vectors' tensor.")
+        if meta.get("sha256") != _digest(tensors):
+            raise VectorError(f"{path} is corrupted: its checksum does not match its metadata.")
+        return cls(vectors=tensors["vectors"], per_prompt=tensors.get("per_prompt"),
+                   **{k: meta[k] for k in ("layers", "model_name", "family", "d_model", "n_model_layers", "kind",
+                                           "modality", "position", "n_prompts", "seed", "task", "extra")})
+
+    # ------------------------------------------------------------------ display
+    def __repr__(self) -> str:
+        return (f"TaskVector({self.kind}, task={self.task!r}, modality={self.modality}, model={self.model_name!r}"
+                f" ({self.family}), layers={_short(self.layers)}, d_model={self.d_model}, "
+                f"n_prompts={self.n_prompts}, position={self.position!r}, seed={self.seed})")
+
+    def _repr_html_(self) -> str:
+        norms = self.vectors.norm(dim=-1)
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in [("kind", self.kind), ("task", self.task), ("modality", self.modality),
+                                    ("model", f"{self.model_name} ({self.family})"),
+                                    ("layers", _short(self.layers)), ("d_model", self.d_model),
+                                    ("prompts", self.n_prompts), ("position", self.position),
+                                    ("seed", self.seed), ("norm range", f"{norms.min():.2f} – {norms.max():.2f}")])
+        return f"<b>TaskVector</b><table>{rows}</table>"
+
+
+def _short(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if len(layers) > 3 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}"
+    return str(layers)
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].contiguous().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _layers(model, layers: str | int | Sequence[int]) -> list[int]:
+    if isinstance(layers, str):
+        if layers != "all":
+            raise LayerOutOfRangeError(f"layers must be 'all', an int or a list of ints, not {layers!r}.")
+        return list(range(model.cfg.n_layers))
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    if not layers:
+        raise LayerOutOfRangeError("No layers requested.")
+    return sorted({model.layer_index(layer) for layer in layers})
+
+
+@torch.no_grad()
+def extract_task_vector(model, prompts: Sequence[Prompt], layers: str | int | Sequence[int] = "all",
+                        position: Any = "delimiter[-1]", batch_size: int = 8, keep_per_prompt: bool = False,
+                        task: str | None = None, seed: int | None = None, kind: str | None = None,
+                        progress: bool = True) -> TaskVector:
+    """Mean ``hook_resid_post`` at ``position`` over ``prompts``, for every layer in ``layers``.
+
+    The forward pass stops after the deepest requested layer, and only the one position is kept.
+
+    Args:
+        model: a ``HookedMultimodalModel``.
+        prompts: e.g. ``tvl.prompts.icl(task.val, n_shots=5, modality="text")``.
+        layers: ``"all"``, a layer, or a list.
+        position: where to read (default: the LAST DEMO's delimiter, so the query cannot leak in; ``"delimiter"``
+            reads the query's, as the paper's code does).
+        batch_size: prompts per forward.
+        keep_per_prompt: also keep each prompt's vector (``[n_prompts, n_layers, d_model]``) for
+            :meth:`TaskVector.subsample`.
+
+    Returns:
+        A :class:`TaskVector`.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise TaskError("No prompts to extract a task vector from.")
+    layer_list = _layers(model, layers)
+    names = [f"blocks.{layer}.hook_resid_post" for layer in layer_list]
+    total = torch.zeros(len(layer_list), model.cfg.d_model, dtype=torch.float64)
+    per_prompt = [] if keep_per_prompt else None
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="extract", disable=not progress or len(batches) < 2, leave=False):
+        batch = encode(model, prompts[start:start + batch_size])
+        _, cache = model.run_with_cache(batch, names_filter=names, positions=position,
+                                        stop_at_layer=layer_list[-1] + 1)
+        stacked = torch.stack([cache[name] for name in names], dim=1).float().cpu()  # [batch, layer, d]
+        if stacked.ndim != 3:
+            raise VectorError(f"Position {position!r} selects several tokens per prompt; a task vector needs one.")
+        total += stacked.double().sum(0)
+        if per_prompt is not None:
+            per_prompt.append(stacked)
+    first = prompts[0]
+    return TaskVector(
+        vectors=(total / len(prompts)).float(), layers=layer_list, model_name=model.cfg.model_name,
+        family=model.cfg.family, d_model=model.cfg.d_model, n_model_layers=model.cfg.n_layers,
+        kind=kind or ("instruction" if first.kind == "instruction" else "icl"), modality=first.demo_modality,
+        position=str(position), n_prompts=len(prompts), seed=seed, task=task,
+        per_prompt=torch.cat(per_prompt) if per_prompt else None)
+
+
+def instruction_vector(model, text: str, layers: str | int | Sequence[int] = "all",
+                       task: str | None = None) -> TaskVector:
+    """The instruction-based vector: one forward over the bare instruction, read at its last token."""
+    return extract_task_vector(model, [instruction(text)], layers=layers, position="last", task=task,
+                               kind="instruction", progress=False)
+
+
+def ensemble(vectors: Sequence[TaskVector], weights: Sequence[float] | None = None) -> TaskVector:
+    """Weighted mean of task vectors (paper: exemplar + instruction, equal weights), on their common layers."""
+    vectors = list(vectors)
+    if not vectors:
+        raise VectorError("Nothing to ensemble.")
+    weights = [1.0] * len(vectors) if weights is None else list(weights)
+    if len(weights) != len(vectors) or sum(weights) <= 0:
+        raise VectorError("Give one positive-sum weight per vector.")
+    d_models = {v.d_model for v in vectors}
+    if len(d_models) != 1:
+        raise VectorError(f"Vectors of different widths {sorted(d_models)} cannot be ensembled.")
+    layers = sorted(set.intersection(*(set(v.layers) for v in vectors)))
+    if not layers:
+        raise VectorError("These vectors share no layer.")
+    total = sum(w * torch.stack([v[layer] for layer in layers]) for w, v in zip(weights, vectors))
+    first = vectors[0]
+    return replace(first, vectors=total / sum(weights), layers=layers, kind="ensemble", per_prompt=None,
+                   n_prompts=sum(v.n_prompts for v in vectors), modality="+".join(str(v.modality) for v in vectors),
+                   extra={"members": [repr(v) for v in vectors], "weights": weights})
+
+
+def transfer(vector: TaskVector, to) -> TaskVector:
+    """Use a vector from one model (e.g. the base LLM) in another (its VLM): same layer indices.
+
+    Raises:
+        VectorError: different hidden size, or a layer the target does not have.
+    """
+    vector.check_compatible(to)
+    return replace(vector, extra={**vector.extra, "transferred_from": vector.model_name,
+                                  "transferred_to": to.cfg.model_name})
+
+
+def cosine_similarity(a: TaskVector, b: TaskVector, layers: Sequence[int] | None = None) -> Tensor:
+    """Cosine similarity per shared layer (``[n_layers]``), as in Table 4."""
+    if a.d_model != b.d_model:
+        raise VectorError(f"Widths differ: {a.d_model} vs {b.d_model}.")
+    layers = sorted(set(a.layers) & set(b.layers)) if layers is None else list(layers)
+    if not layers:
+        raise VectorError("The two vectors share no layer.")
+    va = torch.stack([a[layer] for layer in layers])
+    vb = torch.stack([b[layer] for layer in layers])
+    return torch.nn.functional.cosine_similarity(va, vb, dim=-1)
+
+
+__all__ = ["TaskVector", "cosine_similarity", "ensemble", "extract_task_vector", "instruction_vector",
+           "transfer"]
