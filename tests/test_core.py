@@ -175,10 +175,14 @@ def test_generate_with_patch_matches_full_prefix_recompute(family):
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     slow = []
+    eos, pad = hooked.hf_model.generation_config.eos_token_id, hooked.tokenizer.pad_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
     for _ in range(4):
         step_inputs = {"input_ids": ids, "attention_mask": mask, **extra}
         logits = hooked.run_with_hooks(step_inputs, fwd_hooks=[("blocks.1.hook_resid_post", patch)])
-        nxt = logits[:, -1].argmax(-1)
+        nxt = torch.where(done, pad, logits[:, -1].argmax(-1))  # finished rows are padded, as generate does
+        done |= torch.isin(nxt, torch.tensor(sorted(eos), dtype=nxt.dtype))
         slow.append(nxt)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)

@@ -250,8 +250,6 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
     Returns:
         :class:`SweepResult` — best layer = argmax of accuracy averaged over seeds then tasks (ties: lowest).
     """
-    from .hooks import add, patch
-
     per_task = items if isinstance(items, dict) else {getattr(items, "name", "task"): items}
     per_task_vectors = vector if isinstance(vector, dict) else {name: vector for name in per_task}
     rows = []
@@ -265,32 +263,58 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
         for seed_index, vec in enumerate(vecs):
             vec.check_compatible(model)
             sweep_layers = list(vec.layers) if layers is None else [model.layer_index(l) for l in layers]
-            per_forward = max(1, max_rows // len(prompts))
-            groups = [sweep_layers[i:i + per_forward] for i in range(0, len(sweep_layers), per_forward)]
-            for group in tqdm(groups, desc=f"sweep {task_name}", disable=not progress, leave=False):
-                for chunk_start in range(0, len(prompts), max_rows):
-                    chunk = prompts[chunk_start:chunk_start + max_rows]
-                    batch = encode(model, chunk * len(group))
-                    hooks = []
-                    for g, layer in enumerate(group):
-                        row_ids = torch.arange(g * len(chunk), (g + 1) * len(chunk))
-                        hook = (patch(vec[layer], at="delimiter", rows=row_ids) if mode == "replace"
-                                else add(vec[layer], at="delimiter", rows=row_ids))
-                        hooks.append((f"blocks.{layer}.hook_resid_post", hook))
-                    logits = model.run_with_hooks(batch, fwd_hooks=hooks)
-                    first = logits[:, -1].argmax(-1)
-                    for g, layer in enumerate(group):
-                        for i, p in enumerate(chunk):
-                            token = model.to_string(first[g * len(chunk) + i: g * len(chunk) + i + 1])
-                            rows.append({"task": task_name, "seed": seed_index, "layer": layer,
-                                         "query": p.query_input,
-                                         "correct": first_token_correct(token, p.label, case_sensitive)})
+            first = _sweep_first_tokens(model, prompts, vec, sweep_layers, mode, max_rows, progress,
+                                        desc=f"sweep {task_name}")
+            for g, layer in enumerate(sweep_layers):
+                for i, p in enumerate(prompts):
+                    rows.append({"task": task_name, "seed": seed_index, "layer": layer, "query": p.query_input,
+                                 "correct": first_token_correct(first[g][i], p.label, case_sensitive)})
     items_df = pd.DataFrame(rows)
     scores = items_df.groupby(["task", "seed", "layer"], as_index=False)["correct"].mean().rename(
         columns={"correct": "accuracy"})
     result = SweepResult(scores=scores, best=0)
     result.best = best_layer(result.accuracy_by_layer())
     return result
+
+
+def _sweep_first_tokens(model, prompts: list[Prompt], vec: TaskVector, layers: list[int], mode: str,
+                        max_rows: int, progress: bool, desc: str) -> list[list[str]]:
+    """First generated token per (layer, prompt) with the vector patched at the final delimiter of each prompt.
+
+    When the delimiter is each prompt's last token (contextless queries) and the family allows it, the clean
+    prefix runs ONCE per chunk of prompts and only the last token is re-run, one copy per layer, in one batch.
+    Otherwise the chunk is repeated once per layer and each copy is patched at its own layer.
+    """
+    from .hooks import add, patch
+
+    make = patch if mode == "replace" else add
+    first: list[list[str]] = [[""] * len(prompts) for _ in layers]
+    per_chunk_prompts = max(1, max_rows // len(layers))
+    starts = range(0, len(prompts), per_chunk_prompts)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        chunk = prompts[start:start + per_chunk_prompts]
+        batch = encode(model, chunk)
+        positions = model.positions(batch)
+        from .positions import resolve
+
+        delimiter_is_last = bool((resolve("delimiter", positions) == positions.last).all())
+        n, g_count = len(chunk), len(layers)
+        if delimiter_is_last and model.adapter.prefix_reuse:
+            hooks = [(f"blocks.{layer}.hook_resid_post",
+                      make(vec[layer], at=-1, rows=torch.arange(n) * g_count + g)) for g, layer in enumerate(layers)]
+            ids = model.run_last_token(batch, fwd_hooks=hooks, repeat=g_count).argmax(-1)
+            row_of = lambda g, i: i * g_count + g  # noqa: E731
+        else:
+            repeated = encode(model, chunk * g_count)
+            hooks = [(f"blocks.{layer}.hook_resid_post",
+                      make(vec[layer], at="delimiter", rows=torch.arange(g * n, (g + 1) * n)))
+                     for g, layer in enumerate(layers)]
+            ids = model.run_with_hooks(repeated, fwd_hooks=hooks)[:, -1].argmax(-1)
+            row_of = lambda g, i: g * n + i  # noqa: E731
+        for g in range(g_count):
+            for i in range(n):
+                first[g][start + i] = model.to_string(ids[row_of(g, i):row_of(g, i) + 1])
+    return first
 
 
 def sample_efficiency(model, vector: TaskVector, items: Any, layer: int, sizes: Sequence[int],

@@ -675,6 +675,50 @@ class HookedMultimodalModel(HookedRootModule):
         return logits, ActivationCache(ordered, self, has_batch_dim=True)
 
     @torch.no_grad()
+    def run_last_token(self, inputs: Any, fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
+                       repeat: int = 1) -> Float[Tensor, "batch_x_repeat d_vocab"]:
+        """Logits at the last token, re-running ONLY that token (``repeat`` copies per row) on the clean prefix's
+        KV cache, with ``fwd_hooks`` active on that step.
+
+        This is exact for hooks that act at the last position: no earlier position can see the change. Rows come
+        out interleaved, row ``b * repeat + g`` is copy ``g`` of prompt ``b``; hooks resolve positions on the
+        one-token step (``-1`` / ``"last"``), and ``rows=`` selects copies. A layer sweep batches one copy per
+        layer this way instead of re-running every prompt once per layer.
+
+        Raises:
+            IncompatibleArgumentsError: for families whose positions depend on more than the cache length.
+        """
+        from .hooks import running
+
+        if not self.adapter.prefix_reuse:
+            raise IncompatibleArgumentsError(f"{self.cfg.family} cannot re-run a last token on a cached prefix; "
+                                             "run the whole prompt (model.run_with_hooks).")
+        inputs = self._as_inputs(inputs)
+        ids = inputs["input_ids"]
+        if ids.shape[1] < 2:
+            raise InputError("run_last_token needs prompts of at least two tokens.")
+        per_token = {k for k, v in inputs.items() if isinstance(v, Tensor) and v.ndim >= 2
+                     and tuple(v.shape[:2]) == tuple(ids.shape)}
+        prefix = {k: (v[:, :-1] if k in per_token else v) for k, v in inputs.items()}
+        with running(self, prefix):
+            cache = self.hf_model(**prefix, use_cache=True).past_key_values
+        if repeat > 1:
+            cache.batch_repeat_interleave(repeat)
+        step = {k: inputs[k][:, -1:] for k in per_token if k != "attention_mask"}
+        step["attention_mask"] = inputs.get("attention_mask", torch.ones_like(ids))
+        step = {k: v.repeat_interleave(repeat, dim=0) for k, v in step.items()}
+        with self.hooks(fwd_hooks), running(self, step):
+            logits = self.hf_model(**step, past_key_values=cache, use_cache=True, **self._keep_last()).logits
+        self._resid_pre_store.clear()
+        return logits[:, -1]
+
+    def _keep_last(self) -> dict[str, int]:
+        import inspect
+
+        params = inspect.signature(self.hf_model.forward).parameters
+        return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    @torch.no_grad()
     def generate(self, inputs: Any, max_new_tokens: int = 10,
                  fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (), do_sample: bool = False,
                  return_new_tokens_only: bool = False, **generate_kwargs: Any) -> Int[Tensor, "batch seq"]:

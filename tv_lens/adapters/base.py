@@ -86,6 +86,8 @@ class Adapter:
             own keywords win).
         max_images_per_prompt: the most images the family's processor can lay out in one prompt (``None``: no
             limit); ``prepare`` refuses more with an ``InputError``.
+        prefix_reuse: a prompt's KV cache may be reused to run only its last token again (false where position
+            ids depend on more than the cache length, e.g. Qwen2-VL's M-RoPE).
         images_first: the processor itself puts a prompt's image before its text (Fuyu): the placeholder must open
             the prompt, and ``prepare`` removes it before the processor sees the text.
     """
@@ -110,6 +112,7 @@ class Adapter:
     processor_kwargs: tuple[tuple[str, Any], ...] = ()
     max_images_per_prompt: int | None = None
     images_first: bool = False
+    prefix_reuse: bool = True
     notes: str = field(default="", compare=False)
 
     @property

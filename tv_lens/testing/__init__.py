@@ -28,6 +28,7 @@ TINY_FAMILIES: dict[str, str] = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
     "gemma3": "gemma3",
+    "gemma3_text": "gemma3",
 }
 
 

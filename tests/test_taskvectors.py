@@ -1,0 +1,288 @@
+"""Prompts, named positions, position hooks, task vectors and evaluation on tiny models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import tv_lens as tvl
+from tv_lens import prompts as P
+from tv_lens.errors import (IncompatibleArgumentsError, LayerOutOfRangeError, PatchNotFiredError, PositionError,
+                            TaskError, VectorError)
+from tv_lens.evaluate import _sweep_first_tokens, best_layer, exact_match, first_token_correct
+from tv_lens.hooks import add, mean_ablate, patch, record, zero_ablate
+from tv_lens.positions import resolve
+from tv_lens.testing import random_image, tiny_model
+
+PAIRS = [("France", "Paris"), ("Ja:pan", "To\nkyo"), ("Peru", "Lima"), ("Chad", "N'Djamena"), ("Iran", "Tehran"),
+         ("Cuba", "Havana"), ("Fiji", "Suva"), ("Mali", "Bamako")]
+
+
+def _items(with_images=False, size=(32, 32)):
+    return [dict(input=x, output=y, image=random_image(*size, seed=i) if with_images else None)
+            for i, (x, y) in enumerate(PAIRS)]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama").hooked()
+
+
+@pytest.fixture(scope="module")
+def llava():
+    tiny = tiny_model("llava")
+    return tiny.hooked()
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def test_icl_template_and_seeded_demos_never_include_query():
+    prompts = P.icl(_items(), n_shots=3, seed=4)
+    again = P.icl(_items(), n_shots=3, seed=4)
+    other = P.icl(_items(), n_shots=3, seed=5)
+    assert [p.render() for p in prompts] == [p.render() for p in again]
+    assert [p.render() for p in prompts] != [p.render() for p in other]
+    for prompt, (x, y) in zip(prompts, PAIRS):
+        text = prompt.render()
+        assert text.endswith(f"Q:{x}\nA:")
+        assert text.count("Q:") == 4 and prompt.label == y
+        assert f"Q:{x}\n" not in text[: -len(f"Q:{x}\nA:")], "the query must never be its own demo"
+        assert text.startswith("Q:") and "\n\nQ:" in text
+
+
+def test_named_positions_from_char_offsets_survive_colons_and_newlines(llama):
+    prompts = P.icl(_items(), n_shots=2, seed=1)
+    batch = P.encode(llama, prompts)
+    pos = llama.positions(batch)
+    tokens = llama.to_str_tokens(batch["input_ids"])
+    for row, prompt in enumerate(prompts):
+        demos = [resolve(f"delimiter[{k}]", pos)[row] for k in range(2)]
+        final = int(resolve("delimiter", pos)[row])
+        assert final == int(pos.last[row])
+        for index in [*demos, final]:
+            assert tokens[row][int(index)] == ":" and tokens[row][int(index) - 1] == "A"
+        query = resolve("query[-1]", pos)[row]
+        assert "".join(tokens[row][i] for i in pos.named[row]["query"]) == prompt.query_input
+        assert int(query) == pos.named[row]["query"][-1]
+    with pytest.raises(PositionError):
+        resolve("delimiter[5]", pos)
+    with pytest.raises(PositionError):
+        resolve("nowhere", pos)
+
+
+def test_image_query_positions_and_mixed_prompts(llava):
+    items = _items(with_images=True)
+    xbase = P.icl(items, n_shots=2, modality="text", query_modality="image", seed=0)
+    image_icl = P.icl(items, n_shots=2, modality="image", query_modality="text", seed=0)
+    assert xbase[0].render("<image>").endswith("Q:<image>\nA:") and len(xbase[0].images) == 1
+    assert len(image_icl[0].images) == 2 and image_icl[0].render("<image>").endswith(f"Q:{PAIRS[0][0]}\nA:")
+    batch = P.encode(llava, xbase[:3])
+    pos = llava.positions(batch)
+    query = resolve("query", pos)
+    assert query.shape == (3, pos.images[0][-1].numel())
+    assert torch.equal(query[0], pos.images[0][-1])
+    assert (batch["input_ids"][torch.arange(3)[:, None], query] == llava.cfg.image_token_id).all()
+
+
+def test_chat_template_variant(llama):
+    llama.tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                                     "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    try:
+        prompts = P.icl(_items(), n_shots=2, seed=0, chat=True)
+        batch = P.encode(llama, prompts[:2])
+        text = prompts[0].render()
+        assert "Q:" in text
+        pos = llama.positions(batch)
+        assert int(resolve("delimiter", pos)[0]) == int(pos.last[0])
+        rendered = llama.to_string(batch["input_ids"][0])
+        assert "<|assistant|>" in rendered
+    finally:
+        llama.tokenizer.chat_template = None
+
+
+def test_prompt_errors():
+    with pytest.raises(TaskError):
+        P.icl([], n_shots=2)
+    with pytest.raises(TaskError, match="at least 5"):
+        P.icl(_items()[:3], n_shots=5)
+    with pytest.raises(TaskError, match="empty label"):
+        P.icl([dict(input="a", output=" "), *_items()], n_shots=2)
+    with pytest.raises(TaskError, match="no image"):
+        P.icl(_items(), n_shots=2, modality="image")
+
+
+# ------------------------------------------------------------------------------------------------ hooks
+@torch.no_grad()
+def test_patch_add_ablate_record_at_named_positions(llama):
+    batch = P.encode(llama, P.icl(_items(), n_shots=2, seed=0)[:3])
+    name = "blocks.1.hook_resid_post"
+    _, cache = llama.run_with_cache(batch, names_filter=name)
+    clean = cache[name]
+    idx = resolve("delimiter[-1]", llama.positions(batch))
+    vec = torch.randn(llama.cfg.d_model)
+
+    got = {}
+    for label, hook, expected in [
+        ("patch", patch(vec, at="delimiter[-1]"), vec.expand(3, -1)),
+        ("add", add(vec, at="delimiter[-1]", scale=2.0), clean[torch.arange(3), idx] + 2 * vec),
+        ("mean", mean_ablate(vec, at="delimiter[-1]"), vec.expand(3, -1)),
+        ("zero", zero_ablate(at="delimiter[-1]"), torch.zeros(3, llama.cfg.d_model)),
+    ]:
+        store = {}
+        llama.run_with_hooks(batch, fwd_hooks=[(name, hook), (name, record(store, at="delimiter[-1]"))])
+        assert hook.fired == 1
+        torch.testing.assert_close(store[name], expected, atol=1e-5, rtol=1e-5)
+        got[label] = store[name]
+    # a patch touches only its position
+    store = {}
+    llama.run_with_hooks(batch, fwd_hooks=[(name, patch(vec, at="delimiter[-1]")), (name, record(store, at=0))])
+    torch.testing.assert_close(store[name], clean[:, 0])
+
+
+def test_patch_that_does_not_fire_is_an_error(llama):
+    batch = P.encode(llama, P.icl(_items(), n_shots=2, seed=0)[:2])
+    hook = patch(torch.zeros(llama.cfg.d_model), at="delimiter")
+    with pytest.raises(PatchNotFiredError):
+        llama.run_with_cache(batch, names_filter="blocks.0.hook_resid_post", stop_at_layer=1,
+                             fwd_hooks=[("blocks.2.hook_resid_post", hook)])
+    with pytest.raises(PositionError):
+        llama.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_post",
+                                                patch(torch.zeros(llama.cfg.d_model), at="delimiter[9]"))])
+    with pytest.raises(VectorError, match="width"):
+        llama.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_post", patch(torch.zeros(7)))])
+    assert llama._torch_handles == {}
+
+
+@torch.no_grad()
+def test_run_last_token_equals_full_forward_with_last_token_patch(llama, llava):
+    for model, items in ((llama, _items()), (llava, _items(with_images=True))):
+        prompts = P.queries(items, modality="image" if model is llava else "text")[:3]
+        batch = P.encode(model, prompts)
+        vecs = [torch.randn(model.cfg.d_model) for _ in range(2)]
+        full = [model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{g}.hook_resid_post", patch(v, at="last"))])[:, -1]
+                for g, v in enumerate(vecs)]
+        fast = model.run_last_token(batch, repeat=2, fwd_hooks=[
+            (f"blocks.{g}.hook_resid_post", patch(v, at=-1, rows=torch.arange(3) * 2 + g))
+            for g, v in enumerate(vecs)])
+        for g in range(2):
+            torch.testing.assert_close(fast[g::2], full[g], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ vectors
+@torch.no_grad()
+def test_extract_is_mean_of_cached_delimiter_vectors_and_stops_early(llama):
+    prompts = P.icl(_items(), n_shots=2, seed=0)
+    vec = tvl.extract_task_vector(llama, prompts, layers=[0, 1], batch_size=3, keep_per_prompt=True, progress=False)
+    _, cache = llama.run_with_cache(prompts, names_filter=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"],
+                                    positions="delimiter[-1]")
+    torch.testing.assert_close(vec[1], cache["blocks.1.hook_resid_post"].mean(0), atol=1e-5, rtol=1e-5)
+    assert vec.per_prompt.shape == (len(prompts), 2, llama.cfg.d_model)
+    torch.testing.assert_close(vec.subsample(len(prompts))[0], vec[0], atol=1e-5, rtol=1e-5)
+    ran = []
+    handle = llama._layers[2].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        tvl.extract_task_vector(llama, prompts[:2], layers=[1], progress=False)
+    finally:
+        handle.remove()
+    assert ran == [], "extraction must stop after the deepest requested layer"
+    with pytest.raises(LayerOutOfRangeError):
+        vec[2]
+
+
+def test_instruction_ensemble_transfer_cosine(llama):
+    inst = tvl.instruction_vector(llama, "The capital city of the country:", layers="all")
+    _, cache = llama.run_with_cache("The capital city of the country:", names_filter="blocks.2.hook_resid_post",
+                                    positions="last")
+    torch.testing.assert_close(inst[2], cache["blocks.2.hook_resid_post"][0], atol=1e-5, rtol=1e-5)
+    icl = tvl.extract_task_vector(llama, P.icl(_items(), n_shots=2), progress=False)
+    ens = tvl.ensemble([icl, inst])
+    torch.testing.assert_close(ens[1], (icl[1] + inst[1]) / 2)
+    weighted = tvl.ensemble([icl, inst], weights=[3, 1])
+    torch.testing.assert_close(weighted[1], (3 * icl[1] + inst[1]) / 4)
+    sims = tvl.cosine_similarity(icl, icl)
+    torch.testing.assert_close(sims, torch.ones(3))
+    other = tiny_model("mistral").hooked()
+    moved = tvl.transfer(icl, to=other)
+    assert moved.extra["transferred_to"] == other.cfg.model_name
+    small = dataclasses.replace(icl, vectors=icl.vectors[:, :32], d_model=32)
+    with pytest.raises(VectorError, match="d_model"):
+        tvl.transfer(small, to=other)
+
+
+def test_vector_file_roundtrip_and_validation(llama, tmp_path):
+    vec = tvl.extract_task_vector(llama, P.icl(_items(), n_shots=2), keep_per_prompt=True, task="cc", seed=3,
+                                  progress=False)
+    path = vec.save(tmp_path / "v.safetensors")
+    back = tvl.TaskVector.load(path)
+    assert torch.equal(back.vectors, vec.vectors) and torch.equal(back.per_prompt, vec.per_prompt)
+    assert (back.task, back.seed, back.layers, back.model_name) == ("cc", 3, vec.layers, vec.model_name)
+    assert "TaskVector" in back._repr_html_() and "cc" in repr(back)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VectorError, match="corrupted|not a safetensors"):
+        tvl.TaskVector.load(bad)
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"vectors": torch.zeros(2, 3)}, foreign)
+    with pytest.raises(VectorError, match="metadata"):
+        tvl.TaskVector.load(foreign)
+    pickle_file = tmp_path / "vec.pt"
+    torch.save({"vectors": torch.zeros(2)}, pickle_file)
+    with pytest.raises(VectorError):
+        tvl.TaskVector.load(pickle_file)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def test_scoring_rules():
+    assert first_token_correct(" Par", "Paris") and first_token_correct("Paris", "Par")
+    assert not first_token_correct(" ", "Paris") and not first_token_correct("paris", "Paris")
+    assert first_token_correct("paris", "Paris", case_sensitive=False)
+    assert exact_match(" Paris\nQ:", "Paris") and not exact_match("Paris France", "Paris")
+    import pandas as pd
+
+    assert best_layer(pd.Series({3: 0.5, 1: 0.5, 2: 0.1})) == 1
+
+
+@torch.no_grad()
+def test_sweep_fast_path_equals_repeated_batches(llama):
+    prompts = P.queries(_items())
+    vec = tvl.extract_task_vector(llama, P.icl(_items(), n_shots=2), progress=False)
+    fast = _sweep_first_tokens(llama, prompts, vec, [0, 1, 2], "replace", 256, False, "")
+    slow_model = dataclasses.replace(llama.adapter, prefix_reuse=False)
+    object.__setattr__(llama, "adapter", slow_model)
+    try:
+        slow = _sweep_first_tokens(llama, prompts, vec, [0, 1, 2], "replace", 256, False, "")
+    finally:
+        object.__setattr__(llama, "adapter", dataclasses.replace(llama.adapter, prefix_reuse=True))
+    assert fast == slow
+    # and each row equals an explicit single-layer patch
+    batch = P.encode(llama, prompts)
+    logits = llama.run_with_hooks(batch, fwd_hooks=vec.hooks(2, at="delimiter"))
+    assert fast[2] == [llama.to_string(t[None]) for t in logits[:, -1].argmax(-1)]
+
+
+def test_evaluate_methods_table_and_sweep(llava):
+    items = _items(with_images=True)
+    text_vec = tvl.extract_task_vector(llava, P.icl(items, n_shots=2, modality="text"), progress=False)
+    image_vec = tvl.extract_task_vector(llava, P.icl(items, n_shots=2, modality="image"), progress=False)
+    sweep = tvl.layer_sweep(llava, text_vec, items, query_modality="image", progress=False)
+    assert set(sweep.scores["layer"]) == {0, 1, 2} and sweep.best in (0, 1, 2)
+    res = tvl.evaluate(llava, items, ["no_context", "majority", "base", "xbase", "patch", "xpatch"],
+                       vectors={"patch": image_vec, "xpatch": text_vec}, layer=sweep.best, query_modality="image",
+                       n_shots=2, seeds=(0, 1), max_new_tokens=2, progress=False)
+    table = res.table()
+    assert list(table.index) == ["no_context", "majority", "base", "xbase", "patch", "xpatch"]
+    assert len(res.scores) == 12 and len(res.predictions) == 12 * len(items)
+    patched = res.predictions.query("method == 'xpatch' and seed == 0")["answer"].tolist()
+    plain = res.predictions.query("method == 'no_context' and seed == 0")["answer"].tolist()
+    assert patched != plain, "patching the vector must change what the model says"
+    with pytest.raises(IncompatibleArgumentsError):
+        tvl.evaluate(llava, items, ["xpatch"], query_modality="image", progress=False)
+    with pytest.raises(IncompatibleArgumentsError):
+        tvl.evaluate(llava, items, ["bogus"], progress=False)
+    with pytest.raises(TaskError):
+        tvl.evaluate(llava, [], ["no_context"], progress=False)
