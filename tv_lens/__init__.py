@@ -1,6 +1,6 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import hooks, positions, prompts, tasks
+from . import geometry, hooks, lens, plot, positions, prompts, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .vectors import TaskVector, cosine_similarity, ensemble, extract_task_vector, instruction_vector, transfer
@@ -18,9 +18,12 @@ __all__ = [
     "ensemble",
     "evaluate",
     "extract_task_vector",
+    "geometry",
     "hooks",
     "instruction_vector",
     "layer_sweep",
+    "lens",
+    "plot",
     "positions",
     "prompts",
     "sample_efficiency",

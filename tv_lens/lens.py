@@ -13,8 +13,8 @@ Two one-call experiments sit on top:
   Figure 4's pies, :func:`decode_vector` Table 2's top-k decodings of a task vector.
 
 Token sets (:func:`token_set`): a member given as an id is used as is. A member given as a string stands for the
-FIRST token of that string, tried twice — as written and with one leading space (``"capital"`` → ``capital`` and
-`` capital``), both kept as separate members (duplicates dropped). Strings that already start with whitespace are
+FIRST token of that string, tried twice — as written and with one leading space (``"capital"`` → ``"capital"`` and
+``" capital"``), both kept as separate members (duplicates dropped). Strings that already start with whitespace are
 used as written only. Where a tokenizer gives a leading space a token of its own, that whitespace-only token is
 skipped. A string that is several tokens is still counted by its first token, and a :class:`TokenSetWarning` (one
 per set and call) lists those strings. Empty sets, empty strings and strings that tokenize to nothing raise
@@ -30,7 +30,7 @@ import math
 import statistics
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -63,7 +63,8 @@ def _as_resid(resid: Tensor | TaskVector) -> Tensor:
 
 def logit_lens(model, resid: Tensor | TaskVector, output: str = "logits",
                normalize: bool = True) -> Float[Tensor, "... d_vocab"]:
-    """Decode residuals: final norm (unless ``normalize=False``) → unembedding, in float32.
+    """Decode residuals: final norm (unless ``normalize=False``) → unembedding, in float32. Differentiable (the
+    other readouts run without gradients).
 
     Args:
         model: a ``HookedMultimodalModel``.
@@ -149,6 +150,7 @@ def top_k(model, resid: Tensor | TaskVector, k: int = 5, normalize: bool = True)
     return TopK(ids=ids, probs=values, tokens=_decode_ids(model, ids))
 
 
+@torch.no_grad()
 def token_probability(model, resid: Tensor | TaskVector, tokens: Any,
                       space_variants: bool = True) -> Float[Tensor, "..."]:
     """Probability mass on a token set (see the module docstring's rule), per residual: ``[...]``.
@@ -165,6 +167,7 @@ def token_probability(model, resid: Tensor | TaskVector, tokens: Any,
     return probs[..., list(ids)].sum(-1)
 
 
+@torch.no_grad()
 def entropy(model, resid: Tensor | TaskVector) -> Float[Tensor, "..."]:
     """Entropy (nats) of the decoded next-token distribution, per residual."""
     return _entropy(logit_lens(model, resid, output="log_probs"))
@@ -174,6 +177,7 @@ def _entropy(log_probs: Tensor) -> Tensor:
     return -(log_probs.exp() * log_probs).nan_to_num(0.0).sum(-1)
 
 
+@torch.no_grad()
 def token_rank(model, resid: Tensor | TaskVector, target: int | str | Tensor) -> Int[Tensor, "..."]:
     """Rank of ``target`` in each decoded distribution: 0 = top-1 (tokens with a strictly higher logit are counted).
 
@@ -408,7 +412,9 @@ def _resid_batches(model, inputs: Any, position: Any, layers: list[int], batch_s
     from .positions import resolve
 
     names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
-    _, groups, _ = _chunks(model, inputs, batch_size)
+    _, groups, n_rows = _chunks(model, inputs, batch_size)
+    if position == "all" and len(groups) > 1:  # every position: one batch, so all rows share one padded width
+        _, groups, _ = _chunks(model, inputs, n_rows)
     for group in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2, leave=False):
         batch = _encode(model, group)
         seq_len = batch["input_ids"].shape[1]
@@ -517,8 +523,8 @@ def lens_over_layers(model, inputs: Any, position: Any = "last", layers: Sequenc
 
     Args:
         inputs: prompts (``tvl.prompts.icl(...)``), text, or one encoded batch.
-        position: any position spec (``"last"``, ``"delimiter"``, ``-1``, a list) or ``"all"`` (every token; for a
-            heatmap of one prompt).
+        position: any position spec (``"last"``, ``"delimiter"``, ``-1``, a list) or ``"all"`` (every token, all
+            rows in one batch; meant for a heatmap of a few prompts).
         layers: default all.
         k: top-k kept per decoded residual.
         targets: token whose prob and rank are tracked per row: default each prompt's label (first token as

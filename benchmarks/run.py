@@ -1,0 +1,220 @@
+"""tv_lens benchmarks: ratios against the raw HF model, measured in ONE run on this machine.
+
+    python benchmarks/run.py            # full (real SmolLM2-135M + tiny LLaVA), prints a markdown table
+    python benchmarks/run.py --quick    # fewer repeats
+    python benchmarks/run.py --out benchmarks/RESULTS.md
+
+Times are medians over interleaved repeats (raw, hooked, raw, hooked, ...), so drift on a shared machine hits both
+sides alike. Nothing here is asserted: the table is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tv_lens as tvl  # noqa: E402
+from tv_lens import hooks as H  # noqa: E402
+from tv_lens import prompts as P  # noqa: E402
+from tv_lens.evaluate import first_token_correct  # noqa: E402
+
+ROWS: list[tuple[str, str, float, float, str]] = []
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def compare(label: str, model_name: str, baseline, candidate, repeats: int, note: str = "") -> float:
+    """Median time of ``candidate`` / median time of ``baseline``, interleaved."""
+    baseline()
+    candidate()  # warm-up
+    base_times, cand_times = [], []
+    for _ in range(repeats):
+        base_times += timed(baseline, 1)
+        cand_times += timed(candidate, 1)
+    b, c = statistics.median(base_times), statistics.median(cand_times)
+    ROWS.append((model_name, label, b, c, note))
+    print(f"{model_name:>14} | {label:<52} | {b * 1e3:9.1f} ms | {c * 1e3:9.1f} ms | {c / b:6.3f}x {note}",
+          flush=True)
+    return c / b
+
+
+@torch.no_grad()
+def forward_rows(model, batch, name: str, repeats: int) -> None:
+    hf = model.hf_model
+    raw_inputs = {k: v for k, v in batch.items()}
+
+    def raw():
+        hf(**raw_inputs, use_cache=False)
+
+    compare("forward, no hooks (hooked / raw HF)", name, raw, lambda: model(batch), repeats)
+    vec = torch.zeros(model.cfg.d_model)
+    layer = model.cfg.n_layers // 2
+    compare("forward, one patch hook at the last token", name, raw,
+            lambda: model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_post",
+                                                            H.patch(vec, at="last"))]), repeats)
+    compare("run_with_cache resid_post, all layers, one position", name, raw,
+            lambda: model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post", positions="last"),
+            repeats)
+
+
+@torch.no_grad()
+def generation_row(model, name: str, repeats: int) -> None:
+    task = tvl.tasks.load("country-capital")
+    batch = P.encode(model, P.queries(task.test[:8]))
+    vec = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 0.5
+    layer = model.cfg.n_layers // 2
+    name_hook = f"blocks.{layer}.hook_resid_post"
+    n_new = 8
+
+    def fast():
+        return model.generate(batch, max_new_tokens=n_new, fwd_hooks=[(name_hook, H.patch(vec, at="delimiter"))],
+                              return_new_tokens_only=True, eos_token_id=None)
+
+    def recompute():
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        last = int(model.positions(batch).last[0])
+        out = []
+        for _ in range(n_new):
+            logits = model.run_with_hooks({"input_ids": ids, "attention_mask": mask},
+                                          fwd_hooks=[(name_hook, H.patch(vec, at=last))])
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(nxt)
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        return torch.cat(out, 1)
+
+    same = torch.equal(fast(), recompute())
+    compare(f"patched generation of {n_new} tokens: KV cache / recompute prefix", name, recompute, fast, repeats,
+            note=f"identical tokens: {same}")
+
+
+@torch.no_grad()
+def memory_row(model, batch, name: str) -> None:
+    def cache_bytes(**kw):
+        _, cache = model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post", **kw)
+        return sum(t.numel() * t.element_size() for t in cache.values())
+
+    full, one = cache_bytes(), cache_bytes(positions="last")
+    ROWS.append((name, "cache bytes: one position / full sequence", full, one, "bytes, not seconds"))
+    print(f"{name:>14} | cache bytes, one position / full sequence: {one} / {full} = {one / full:.4f}")
+
+
+@torch.no_grad()
+def sweep_row(model, name: str, n_val: int, n_test: int) -> None:
+    """Extraction + full layer sweep + test evaluation of one task vs the paper-style loop."""
+    task = tvl.tasks.load("country-capital", n_val=n_val, n_test=n_test)
+    layers = list(range(model.cfg.n_layers))
+
+    def ours():
+        vec = tvl.extract_task_vector(model, P.icl(task.val, n_shots=5, pool=task.train), progress=False)
+        sweep = tvl.layer_sweep(model, vec, task, progress=False)
+        res = tvl.evaluate(model, task, ["patch"], vector=vec, layer=sweep.best, max_new_tokens=1, progress=False)
+        return sweep.best, float(res.scores.accuracy.iloc[0])
+
+    def paper_loop():
+        # One example at a time, a forward hook per call, no KV cache (as the paper's scripts do it).
+        hf = model.hf_model
+        source = P.icl(task.val, n_shots=5, pool=task.train)
+        sums = torch.zeros(len(layers), model.cfg.d_model)
+        for prompt in source:
+            batch = P.encode(model, [prompt])
+            pos = int(batch.named_positions[0]["demo_delimiters"][-1])
+            out = hf(**batch, output_hidden_states=True, use_cache=False)
+            sums += torch.stack([out.hidden_states[l + 1][0, pos] for l in layers])
+        means = sums / len(source)
+
+        def accuracy(items, layer):
+            correct = 0
+            for item in items:
+                batch = P.encode(model, [P.query(item)])
+                pos = batch["input_ids"].shape[1] - 1
+
+                def hook(module, args, output, layer=layer):
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    hidden = hidden.clone()
+                    hidden[0, pos] = means[layer]
+                    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+                handle = model._layers[layer].register_forward_hook(hook)
+                try:
+                    logits = hf(**batch, use_cache=False).logits
+                finally:
+                    handle.remove()
+                token = model.to_string(logits[0, -1].argmax(-1, keepdim=True))
+                correct += first_token_correct(token, item.output)
+            return correct / len(items)
+
+        per_layer = [accuracy(task.val, layer) for layer in layers]
+        best = max(range(len(layers)), key=lambda i: (per_layer[i], -i))
+        return best, accuracy(task.test, best)
+
+    start = time.perf_counter()
+    ours_out = ours()
+    t_ours = time.perf_counter() - start
+    start = time.perf_counter()
+    paper_out = paper_loop()
+    t_paper = time.perf_counter() - start
+    note = f"best layer/test acc: ours {ours_out}, paper loop {paper_out}"
+    ROWS.append((name, f"extract + sweep {len(layers)} layers + test ({n_val}/{n_test} items): ours / paper loop",
+                 t_paper, t_ours, note))
+    print(f"{name:>14} | sweep: paper loop {t_paper:.1f}s, ours {t_ours:.1f}s -> {t_paper / t_ours:.1f}x faster; "
+          f"{note}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None, help="write the table as markdown here")
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 15
+    torch.manual_seed(0)
+
+    from tv_lens.models import load_smollm2
+    from tv_lens.testing import random_image, tiny_model
+
+    hf, tokenizer = load_smollm2()
+    smol = tvl.HookedMultimodalModel.from_hf(hf, tokenizer=tokenizer)
+    task = tvl.tasks.load("country-capital")
+    batch = P.encode(smol, P.icl(task.val[:8], n_shots=5, pool=task.train))
+    forward_rows(smol, batch, "SmolLM2-135M", repeats)
+    memory_row(smol, batch, "SmolLM2-135M")
+    generation_row(smol, "SmolLM2-135M", max(3, repeats // 3))
+    if not args.skip_sweep:
+        sweep_row(smol, "SmolLM2-135M", n_val=10 if args.quick else 30, n_test=20 if args.quick else 100)
+
+    tiny = tiny_model("llava")
+    llava = tiny.hooked()
+    items = [dict(input=f"x{i}", output=f"y{i}", image=random_image(32, 32, i)) for i in range(8)]
+    vbatch = P.encode(llava, P.icl(items, n_shots=3, modality="image"))
+    forward_rows(llava, vbatch, "tiny LLaVA", repeats)
+
+    lines = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+             f"python {platform.python_version()}", "",
+             "| model | measurement | baseline | tv_lens | ratio | note |", "| --- | --- | --- | --- | --- | --- |"]
+    for model_name, label, base, cand, note in ROWS:
+        unit = "" if "bytes" in label else " s"
+        lines.append(f"| {model_name} | {label} | {base:.4g}{unit} | {cand:.4g}{unit} | {cand / base:.3f} | {note} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

