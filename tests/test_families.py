@@ -48,8 +48,6 @@ def test_image_span_j_holds_image_j_features(family):
 @torch.no_grad()
 def test_llava_next_anyres_spans_for_images_of_different_sizes():
     """Anyres: token count per image depends on its size; spans follow, and the projector sees one entry per crop."""
-    if "llava_next" not in VLM_FAMILIES:
-        pytest.skip("no tiny llava_next")
     tiny, hooked = _tiny("llava_next")
     sizes = [(48, 32), (32, 64), (64, 64), (32, 32)]          # (width, height): 1x2, 2x1, 2x2 and 1x1 grids
     images = [random_image(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
@@ -70,8 +68,6 @@ def test_llava_next_anyres_spans_for_images_of_different_sizes():
 
 @torch.no_grad()
 def test_llava_onevision_multi_image_rows_use_base_crop_only():
-    if "llava_onevision" not in VLM_FAMILIES:
-        pytest.skip("no tiny llava_onevision")
     tiny, hooked = _tiny("llava_onevision")
     inputs, _ = two_prompts(tiny, hooked, n_images=(1, 2))
     lengths = [[len(s) for s in row] for row in hooked.positions(inputs).images]
@@ -191,8 +187,6 @@ def test_qwen2_5_vl_image_features_in_token_order():
 def test_gemma3_image_tokens_attend_bidirectionally():
     """Gemma 3 lets an image's tokens see each other: a patch at an image's last token changes its earlier tokens
     (never the text before the image)."""
-    if "gemma3" not in VLM_FAMILIES:
-        pytest.skip("no tiny gemma3")
     tiny, hooked = _tiny("gemma3")
     inputs, _ = two_prompts(tiny, hooked, n_images=(1, 1))
     span = hooked.positions(inputs).images[0][0]
@@ -337,8 +331,6 @@ def test_hook_image_features_feeds_exactly_the_image_spans(family, split):
 @torch.no_grad()
 def test_fuyu_layout_one_image_first():
     """Fuyu: rows of |SPEAKER| ended by |NEWLINE|, then <s>, the text and <0x04>; image[0] = the |SPEAKER| tokens."""
-    if "fuyu" not in available_families():
-        pytest.skip("no tiny fuyu")
     tiny, hooked = _tiny("fuyu")
     inputs = hooked.prepare(["<image>Q:\nA:"], images=[random_image(24, 16)])   # 3 x 2 patches of 8x8
     assert "pixel_values" in inputs and "image_patches" not in inputs
@@ -354,8 +346,6 @@ def test_fuyu_layout_one_image_first():
 
 
 def test_fuyu_refuses_layouts_its_processor_cannot_write():
-    if "fuyu" not in available_families():
-        pytest.skip("no tiny fuyu")
     from tv_lens.errors import InputError
 
     tiny, hooked = _tiny("fuyu")
@@ -369,8 +359,6 @@ def test_fuyu_refuses_layouts_its_processor_cannot_write():
 @torch.no_grad()
 def test_fuyu_text_only_and_bfloat16():
     """Text-only prompts go through the tokenizer; image patches are cast to the model's dtype (pixel_values)."""
-    if "fuyu" not in available_families():
-        pytest.skip("no tiny fuyu")
     tiny, hooked = _tiny("fuyu")
     inputs = hooked.prepare(["Q:France\nA:", "Q:Peru\nA:"])
     torch.testing.assert_close(hooked(inputs), tiny.model(**inputs).logits, atol=1e-5, rtol=0)

@@ -31,6 +31,8 @@ TINY_FAMILIES: dict[str, str] = {
     "gemma3_text": "gemma3",
 }
 
+TEXT_ONLY_FAMILIES = frozenset({"llama", "mistral", "qwen2", "gpt2", "gemma3_text"})
+
 
 @dataclass
 class TinyModel:

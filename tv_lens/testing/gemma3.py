@@ -41,6 +41,12 @@ def build_gemma3(**overrides) -> TinyModel:
     for sub in (config.text_config, config.vision_config):
         sub._attn_implementation = "eager"
     model = Gemma3ForConditionalGeneration(config)
+    # HF initialises the projector to zeros, which would make every image look the same; tests need signal.
+    import torch
+
+    with torch.no_grad():
+        for param in model.model.multi_modal_projector.parameters():
+            param.normal_(0.0, 0.2)
     image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
                                 image_seq_length=TOKENS_PER_IMAGE)
