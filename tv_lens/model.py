@@ -648,19 +648,15 @@ class HookedMultimodalModel(HookedRootModule):
                 kept = _positions.gather(kept, index)
             store[hook.name] = kept if device is None else kept.to(device)
 
-        stop_handle = None
-        if stop_layer is not None:
-            def stop(*_args, **_kwargs):
-                raise _StopForward
+        def stop(*_args, **_kwargs):
+            raise _StopForward
 
-            target = self._layers[stop_layer] if stop_layer < self.cfg.n_layers else self._final_norm
-            stop_handle = target.register_forward_pre_hook(stop)
+        stop_handle = None
         logits = None
         try:
             with self.hooks(list(fwd_hooks) + [(name, save) for name in names]):
-                if stop_handle is not None:
-                    # Re-register so the stop runs after the bridges installed above.
-                    stop_handle.remove()
+                if stop_layer is not None:
+                    # Registered after the bridges above, so the caching hooks of this layer's input run first.
                     target = self._layers[stop_layer] if stop_layer < self.cfg.n_layers else self._final_norm
                     stop_handle = target.register_forward_pre_hook(stop)
                 try:
