@@ -9,12 +9,12 @@ import torch
 
 import tv_lens as tvl
 from tv_lens import prompts as P
-from tv_lens.errors import (IncompatibleArgumentsError, LayerOutOfRangeError, PatchNotFiredError, PositionError,
+from tv_lens.errors import (IncompatibleArgumentsError, InputError, LayerOutOfRangeError, PatchNotFiredError, PositionError,
                             TaskError, VectorError)
 from tv_lens.evaluate import _sweep_first_tokens, best_layer, exact_match, first_token_correct
 from tv_lens.hooks import add, mean_ablate, patch, record, zero_ablate
 from tv_lens.positions import resolve
-from tv_lens.testing import random_image, tiny_model
+from tv_lens.testing import TEXT_ONLY_FAMILIES, available_families, random_image, tiny_model
 
 PAIRS = [("France", "Paris"), ("Ja:pan", "To\nkyo"), ("Peru", "Lima"), ("Chad", "N'Djamena"), ("Iran", "Tehran"),
          ("Cuba", "Havana"), ("Fiji", "Suva"), ("Mali", "Bamako")]
@@ -286,3 +286,30 @@ def test_evaluate_methods_table_and_sweep(llava):
         tvl.evaluate(llava, items, ["bogus"], progress=False)
     with pytest.raises(TaskError):
         tvl.evaluate(llava, [], ["no_context"], progress=False)
+
+
+VLM_FAMILIES = [f for f in available_families() if f not in TEXT_ONLY_FAMILIES]
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_image_icl_positions_in_every_family(family):
+    tiny = tiny_model(family)
+    model = tiny.hooked()
+    # Repeated labels on purpose: the alignment of plain and expanded tokens must not be fooled by repetition.
+    items = [dict(input=f"c{i}", output="Euro" if i % 2 else "Lari", image=random_image(*tiny.image_size, seed=i))
+             for i in range(6)]
+    if model.adapter.images_first:
+        with pytest.raises(InputError):
+            P.encode(model, P.queries(items, modality="image")[:1])
+        return
+    n_shots = 2 if (model.adapter.max_images_per_prompt or 3) >= 3 else 0
+    prompts = P.icl(items, n_shots=n_shots, modality="image", seed=0)[:2] if n_shots else P.queries(items, "image")[:2]
+    batch = P.encode(model, prompts)
+    pos = model.positions(batch)
+    for row in range(2):
+        tokens = model.to_str_tokens(batch["input_ids"][row])
+        delimiters = pos.named[row]["demo_delimiters"] + pos.named[row]["final_delimiter"]
+        assert len(delimiters) == n_shots + 1
+        for index in delimiters:
+            assert tokens[index].strip() == ":" and tokens[index - 1].strip() == "A", (family, tokens[index - 2:index + 1])
+        assert pos.named[row]["query"] == pos.images[row][-1].tolist()

@@ -13,7 +13,6 @@ Template (Todd et al.): demos ``Q:{x}\\nA:{y}\\n\\n``, query ``Q:{x}\\nA:``.
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -328,20 +327,64 @@ def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -
 
 
 def _align(plain: list[int], full: list[int]) -> dict[int, int]:
-    """Map indices of the plain tokenization into the processor's (image-expanded) token sequence."""
+    """Map indices of the plain tokenization into the processor's token sequence.
+
+    The processor only INSERTS tokens (image expansion, wrapper tokens) and, in some families, drops one; so a
+    monotone greedy walk maps each plain token to the next equal token. A plain token is left unmapped (dropped)
+    when the token after it shows up first.
+    """
     if plain == full:
         return {i: i for i in range(len(plain))}
-    matcher = difflib.SequenceMatcher(None, plain, full, autojunk=False)
     mapping: dict[int, int] = {}
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            mapping[block.a + k] = block.b + k
+    j = 0
+    for i, token in enumerate(plain):
+        following = plain[i + 1] if i + 1 < len(plain) else None
+        k = j
+        while k < len(full) and full[k] != token:
+            if following is not None and following != token and full[k] == following:
+                k = len(full)  # this token was dropped by the processor
+                break
+            k += 1
+        if k < len(full):
+            mapping[i] = k
+            j = k + 1
     return mapping
 
 
 def with_label(prompt: Prompt, label: str) -> Prompt:
     """A copy of ``prompt`` with another label (e.g. for shuffled-label controls)."""
     return replace(prompt, label=label)
+
+
+def shuffle_labels(prompts: Prompt | Sequence[Prompt], seed: int = 0) -> list[Prompt]:
+    """Copies of ICL prompts whose demo labels are permuted among their demos (Todd et al.'s corrupted prompts):
+    the demos no longer show the input→output mapping, the query and its label stay.
+
+    Each prompt gets its own seeded permutation; when its demo labels are all distinct, no demo keeps its own.
+
+    Raises:
+        TaskError: a prompt with fewer than two demos (nothing to shuffle).
+    """
+    prompts = [prompts] if isinstance(prompts, Prompt) else list(prompts)
+    rng = random.Random(seed)
+    out = []
+    for prompt in prompts:
+        slots = [i for i in range(1, len(prompt.pieces) - 1) if isinstance(prompt.pieces[i - 1], _Mark)
+                 and prompt.pieces[i - 1].name == "answer" and isinstance(prompt.pieces[i], str)]
+        if len(slots) < 2:
+            raise TaskError(f"Shuffling labels needs at least two demos; {prompt!r} has {len(slots)}.")
+        labels = [prompt.pieces[i] for i in slots]
+        order = list(range(len(labels)))
+        for _ in range(100):
+            rng.shuffle(order)
+            if len(set(labels)) < len(labels) or all(j != k for k, j in enumerate(order)):
+                break
+        shuffled = [labels[j] for j in order]
+        pieces = list(prompt.pieces)
+        for i, label in zip(slots, shuffled):
+            pieces[i] = label
+        out.append(replace(prompt, pieces=tuple(pieces), demo_labels=tuple(shuffled)))
+    return out
 
 
 __all__ = [
@@ -355,5 +398,6 @@ __all__ = [
     "queries",
     "query",
     "sample_demos",
+    "shuffle_labels",
     "with_label",
 ]
