@@ -313,3 +313,24 @@ def test_image_icl_positions_in_every_family(family):
         for index in delimiters:
             assert tokens[index].strip() == ":" and tokens[index - 1].strip() == "A", (family, tokens[index - 2:index + 1])
         assert pos.named[row]["query"] == pos.images[row][-1].tolist()
+
+
+@torch.no_grad()
+def test_generate_inside_hooks_block_patches_the_prompt_only(llama):
+    queries = P.queries(_items())[:3]
+    vec = torch.randn(llama.cfg.d_model) * 3
+    name = "blocks.1.hook_resid_post"
+    direct = llama.generate(queries, max_new_tokens=4, fwd_hooks=[(name, patch(vec, at="delimiter"))],
+                            return_new_tokens_only=True)
+    hook = patch(vec, at="delimiter")
+    with llama.hooks([(name, hook)]):
+        inside = llama.generate(queries, max_new_tokens=4, return_new_tokens_only=True)
+    assert torch.equal(direct, inside) and hook.fired == 1
+    assert not torch.equal(direct, llama.generate(queries, max_new_tokens=4, return_new_tokens_only=True))
+
+
+def test_demos_of_an_item_do_not_depend_on_other_items():
+    items = _items()
+    whole = P.icl(items, n_shots=3, seed=2)
+    part = P.icl(items[4:], n_shots=3, pool=items, seed=2)
+    assert [p.render() for p in whole[4:]] == [p.render() for p in part]

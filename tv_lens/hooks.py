@@ -33,12 +33,23 @@ _CURRENT: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("tv_lens
 
 @contextmanager
 def running(model, inputs) -> Any:
-    """Tell position hooks which batch is running (the model does this around each forward)."""
-    token = _CURRENT.set((model, inputs, {}))
+    """Tell position hooks which batch is running (the model does this around each forward).
+
+    Yields the batch's memo; ``generate`` sets ``memo["decoding"] = True`` once the prompt has run, so position
+    hooks attached with ``model.hooks(...)`` act on the prompt and stay out of the one-token decoding steps.
+    """
+    memo: dict = {}
+    token = _CURRENT.set((model, inputs, memo))
     try:
-        yield
+        yield memo
     finally:
         _CURRENT.reset(token)
+
+
+def decoding() -> bool:
+    """True during the decoding steps of ``model.generate`` (after the prompt ran)."""
+    state = _CURRENT.get()
+    return bool(state is not None and state[2].get("decoding"))
 
 
 def current_index(at: Any, row_mask: Tensor | None = None) -> Tensor:
@@ -67,6 +78,8 @@ class PositionHook:
         self.fired = 0
 
     def __call__(self, act: Tensor, hook: Any) -> Tensor | None:
+        if decoding():  # positions name prompt tokens; a decoding step holds one new token
+            return None
         index = current_index(self.at)
         out = self.apply(act, index, hook)
         self.fired += 1

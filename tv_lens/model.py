@@ -32,6 +32,7 @@ from .errors import (
 
 _SEQUENCE_FREE_HOOKS = ("hook_image_features",)
 _BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+_HEAD_HOOKS = {"hook_z": "z", "hook_result": "result", "hook_pattern": "pattern"}
 
 
 @dataclass
@@ -62,8 +63,11 @@ class _BridgedHookPoint(HookPoint):
     def __init__(self) -> None:
         super().__init__()
         self._site_changed: Callable[[_BridgedHookPoint], None] | None = None
+        self._check_attach: Callable[[], None] | None = None   # raises when this point cannot run here
 
     def add_hook(self, *args, **kwargs):
+        if self._check_attach is not None:
+            self._check_attach()
         handle = super().add_hook(*args, **kwargs)
         if self._site_changed is not None:
             self._site_changed(self)
@@ -79,10 +83,22 @@ class _BridgedHookPoint(HookPoint):
         return bool(self.fwd_hooks)
 
 
+class _AttentionHooks(nn.Module):
+    """``blocks.{l}.attn``: per-head hook points (TransformerLens names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_pattern = _BridgedHookPoint()   # [batch, head, query_pos, key_pos], eager attention only
+        self.hook_z = _BridgedHookPoint()         # [batch, pos, head, d_head]
+        self.hook_result = _BridgedHookPoint()    # [batch, pos, head, d_model]
+
+
 class _BlockHooks(nn.Module):
-    def __init__(self, has_resid_mid: bool) -> None:
+    def __init__(self, has_resid_mid: bool, has_heads: bool = False) -> None:
         super().__init__()
         self.hook_resid_pre = _BridgedHookPoint()
+        if has_heads:
+            self.attn = _AttentionHooks()
         if has_resid_mid:
             self.hook_resid_mid = _BridgedHookPoint()
         self.hook_attn_out = _BridgedHookPoint()
@@ -125,6 +141,14 @@ class HookedMultimodalModel(HookedRootModule):
     ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post`` (= HF ``hidden_states[l + 1]``), and
     ``ln_final.hook_normalized``. Sequence hooks carry ``Float[Tensor, "batch pos d_model"]``.
 
+    Per attention head (families whose adapter names the output projection): ``blocks.{l}.attn.hook_z`` (each
+    head's output before the output projection, ``[batch, pos, head, d_head]``; read and patch),
+    ``blocks.{l}.attn.hook_result`` (each head's contribution to the residual, ``z_h @ W_O[h]``,
+    ``[batch, pos, head, d_model]``, computed only while a hook is attached; a hook that changes it makes the
+    projection output ``sum_h result_h + b_O``), and ``blocks.{l}.attn.hook_pattern`` (attention weights
+    ``[batch, head, query_pos, key_pos]``; needs ``attn_implementation="eager"``; read-only). ``names_filter=None``
+    leaves out ``hook_result`` (memory) and, without eager attention, ``hook_pattern``; name them to cache them.
+
     Build one with :meth:`from_pretrained` (hub id or local folder) or :meth:`from_hf` (a model you already have).
     """
 
@@ -152,6 +176,9 @@ class HookedMultimodalModel(HookedRootModule):
                 f"tv_lens/adapters/{self.adapter.family}.py.")
         self._attn_modules = [resolve_path(layer, self.adapter.attn_out) for layer in self._layers]
         self._mlp_modules = [resolve_path(layer, self.adapter.mlp_out) for layer in self._layers]
+        self._o_proj_modules = ([resolve_path(layer, self.adapter.o_proj) for layer in self._layers]
+                                if self.adapter.o_proj else [])
+        self._attention_modules = [resolve_path(layer, self.adapter.attention) for layer in self._layers]
         self._image_projector = (resolve_path(hf_model, self.adapter.image_features)
                                  if self.adapter.image_features else None)
 
@@ -178,7 +205,8 @@ class HookedMultimodalModel(HookedRootModule):
         self.hook_embed = _BridgedHookPoint()
         if self._image_projector is not None:
             self.hook_image_features = _BridgedHookPoint()
-        self.blocks = nn.ModuleList(_BlockHooks(self.adapter.has_resid_mid) for _ in range(n_layers))
+        has_heads = self._head_hooks = self._has_head_hooks()
+        self.blocks = nn.ModuleList(_BlockHooks(self.adapter.has_resid_mid, has_heads) for _ in range(n_layers))
         self.ln_final = _FinalNormHooks()
         self.setup()
         # HookedRootModule.setup walks every module, HF ones included; keep only our own names.
@@ -187,6 +215,9 @@ class HookedMultimodalModel(HookedRootModule):
         self._resid_pre_store: dict[int, Tensor] = {}
         for hook_point in self.hook_dict.values():
             hook_point._site_changed = self._sync_site
+        if has_heads:
+            for block in self.blocks:
+                block.attn.hook_pattern._check_attach = self._check_pattern_available
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -265,7 +296,10 @@ class HookedMultimodalModel(HookedRootModule):
             return [("image_features",)]
         if name == "ln_final.hook_normalized":
             return [("final_norm",)]
-        _, layer, kind = name.split(".")
+        parts = name.split(".")
+        if len(parts) == 4:   # blocks.{l}.attn.hook_{z,result,pattern}
+            return [(_HEAD_HOOKS[parts[3]], int(parts[1]))]
+        _, layer, kind = parts
         layer = int(layer)
         return {
             "hook_resid_pre": [("layer_pre", layer)],
@@ -290,6 +324,8 @@ class HookedMultimodalModel(HookedRootModule):
             return [self.blocks[key[1]].hook_mlp_out]
         if kind == "final_norm":
             return [self.ln_final.hook_normalized]
+        if kind in ("z", "result", "pattern"):
+            return [getattr(self.blocks[key[1]].attn, f"hook_{kind}")]
         return [self.hook_image_features]
 
     def _sync_site(self, hook_point: HookPoint) -> None:
@@ -345,6 +381,8 @@ class HookedMultimodalModel(HookedRootModule):
                 return None if new is out else _replace_first(output, new)
 
             return [self._attn_modules[layer].register_forward_hook(attn_hook)]
+        if kind in ("z", "result", "pattern"):
+            return self._install_head_bridge(kind, key[1])
 
         if kind == "layer_post":
             module, point = self._layers[key[1]], self.blocks[key[1]].hook_resid_post
@@ -372,6 +410,98 @@ class HookedMultimodalModel(HookedRootModule):
 
         return [module.register_forward_hook(output_hook)]
 
+    # ------------------------------------------------------------------ attention heads
+    def _has_head_hooks(self) -> bool:
+        """Head hooks need the head layout and, in every layer, an output projection of width n_heads * d_head."""
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        if not n_heads or not d_head or not self._o_proj_modules:
+            return False
+        return all(module is not None and _in_features(module) == n_heads * d_head
+                   for module in self._o_proj_modules)
+
+    def _install_head_bridge(self, kind: str, layer: int) -> list:
+        attn = self.blocks[layer].attn
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        if kind == "pattern":
+            point = attn.hook_pattern
+
+            def pattern_hook(module, args, output):
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is None:
+                    self._check_pattern_available(ran=True)
+                new = point(weights)
+                if new is not None and new is not weights:
+                    raise IncompatibleArgumentsError(
+                        f"blocks.{layer}.attn.hook_pattern can be read, not patched: the attention module has "
+                        f"already used the weights when they reach the hook. Patch blocks.{layer}.attn.hook_z "
+                        "instead.")
+                return None
+
+            return [self._attention_modules[layer].register_forward_hook(pattern_hook)]
+        o_proj = self._o_proj_modules[layer]
+        if kind == "z":
+            def z_hook(module, args):
+                if not args:
+                    raise UnsupportedModelError(f"{self.cfg.family}: the output projection was called without a "
+                                                "positional input; hook_z cannot read it.")
+                z = args[0].unflatten(-1, (n_heads, d_head))
+                new = attn.hook_z(z)
+                return None if new is z else (new.flatten(-2), *args[1:])
+
+            return [o_proj.register_forward_pre_hook(z_hook)]
+
+        def result_hook(module, args, output):
+            z = args[0].unflatten(-1, (n_heads, d_head))
+            result = torch.einsum("bphd,hdm->bphm", z, self.W_O(layer))
+            new = attn.hook_result(result)
+            if new is result:
+                return None
+            # A changed result defines the projection's output: what the heads write, plus the bias.
+            bias = self.b_O(layer)
+            return new.sum(-2) if bias is None else new.sum(-2) + bias
+
+        return [o_proj.register_forward_hook(result_hook)]
+
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        """Layer ``layer``'s attention output matrix split per head (a view of the HF weight, no copy):
+        ``hook_result[..., h, :] = hook_z[..., h, :] @ W_O(layer)[h]``."""
+        layer = self.layer_index(layer)
+        if not self._head_hooks:
+            raise UnsupportedModelError(f"The {self.cfg.family} adapter names no output projection of width "
+                                        "n_heads * d_head; set Adapter.o_proj.")
+        module = self._o_proj_modules[layer]
+        weight = module.weight if isinstance(module, nn.Linear) else module.weight.T   # GPT-2 Conv1D: [in, out]
+        if tuple(weight.shape) != (self.cfg.d_model, self.cfg.n_heads * self.cfg.d_head):
+            raise UnsupportedModelError(
+                f"The output projection of layer {layer} has a weight of shape {tuple(weight.shape)}, not "
+                f"[d_model, n_heads * d_head] (a quantized layer?); hook_result needs a dense one. Read hook_z.")
+        return weight.T.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"] | None:
+        """Layer ``layer``'s attention output bias (``None`` when the projection has none)."""
+        return getattr(self._o_proj_modules[self.layer_index(layer)], "bias", None)
+
+    @property
+    def attn_implementation(self) -> str | None:
+        """The attention implementation the decoder layers run (``"eager"``, ``"sdpa"``...)."""
+        config = getattr(self._attention_modules[0], "config", None) if self._attention_modules else None
+        config = config or self.adapter.text_config(self.hf_model.config)
+        return getattr(config, "_attn_implementation", None)
+
+    def _check_pattern_available(self, ran: bool = False) -> None:
+        impl = self.attn_implementation
+        if ran or impl != "eager":
+            raise IncompatibleArgumentsError(
+                f"blocks.*.attn.hook_pattern needs the attention weights, which only eager attention returns; this "
+                f"model runs attn_implementation={impl!r}. Load it with attn_implementation=\"eager\" "
+                "(from_pretrained(..., attn_implementation=\"eager\")) or call "
+                "model.hf_model.set_attn_implementation(\"eager\"). hook_z and hook_result work with any.")
+
+    def _cached_by_default(self, name: str) -> bool:
+        if name.endswith("attn.hook_result"):
+            return False
+        return not (name.endswith("attn.hook_pattern") and self.attn_implementation != "eager")
+
     # ------------------------------------------------------------------ names
     def hook_names(self) -> list[str]:
         """All hook point names, in forward order."""
@@ -385,9 +515,9 @@ class HookedMultimodalModel(HookedRootModule):
         """Hook names selected by a filter: ``None`` (all), a name, a glob (``blocks.*.hook_resid_post``),
         a list of those, or a predicate ``str -> bool``."""
         if names_filter is None:
-            return self.hook_names()
+            return [n for n in self.hook_names() if self._cached_by_default(n)]
         if callable(names_filter):
-            return [n for n in self.hook_dict if names_filter(n)]
+            return self._drop_unavailable([n for n in self.hook_dict if names_filter(n)])
         patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
         selected: list[str] = []
         for pattern in patterns:
@@ -395,11 +525,18 @@ class HookedMultimodalModel(HookedRootModule):
                 matches = fnmatch.filter(self.hook_dict, pattern)
                 if not matches:
                     raise HookNameError(pattern, self.hook_dict)
+                matches = self._drop_unavailable(matches)
             else:
                 self._check_name(pattern)
                 matches = [pattern]
             selected.extend(m for m in matches if m not in selected)
         return selected
+
+    def _drop_unavailable(self, names: list[str]) -> list[str]:
+        """Wildcards skip attention patterns a non-eager model cannot give, unless they select nothing else (then
+        attaching raises the error that names the fix)."""
+        kept = [n for n in names if self._cached_by_default(n) or n.endswith("attn.hook_result")]
+        return kept or names
 
     def layer_index(self, layer: int) -> int:
         """Normalise a layer index (negative counts from the end); raise if out of range."""
@@ -644,7 +781,11 @@ class HookedMultimodalModel(HookedRootModule):
 
         def save(tensor: Tensor, hook: HookPoint) -> None:
             kept = tensor.detach()
-            if index is not None and hook.name not in _SEQUENCE_FREE_HOOKS:
+            if index is not None and hook.name.endswith("attn.hook_pattern"):
+                # [batch, head, query, key]: the positions pick queries -> [batch, head, key] or [batch, head, k, key]
+                kept = _positions.gather(kept.transpose(1, 2), index)
+                kept = kept if index.ndim == 1 else kept.transpose(1, 2)
+            elif index is not None and hook.name not in _SEQUENCE_FREE_HOOKS:
                 kept = _positions.gather(kept, index)
             store[hook.name] = kept if device is None else kept.to(device)
 
@@ -684,6 +825,17 @@ class HookedMultimodalModel(HookedRootModule):
         Raises:
             IncompatibleArgumentsError: for families whose positions depend on more than the cache length.
         """
+        return self.last_token_runner(inputs, keep_prefix=False)(fwd_hooks, repeat)
+
+    @torch.no_grad()
+    def last_token_runner(self, inputs: Any, keep_prefix: bool = True
+                          ) -> Callable[..., Float[Tensor, "batch_x_repeat d_vocab"]]:
+        """Run the prefix (all but the last token) of ``inputs`` ONCE; return ``run(fwd_hooks=(), repeat=1)``, which
+        does what :meth:`run_last_token` does on that cached prefix, as often as asked — each call on a fresh copy
+        of the cache (``keep_prefix=False``: a single call, no copy).
+
+        For many patched variants of one batch (one per head of a model, say), this pays the prompt once.
+        """
         from .hooks import running
 
         if not self.adapter.prefix_reuse:
@@ -697,16 +849,27 @@ class HookedMultimodalModel(HookedRootModule):
                      and tuple(v.shape[:2]) == tuple(ids.shape)}
         prefix = {k: (v[:, :-1] if k in per_token else v) for k, v in inputs.items()}
         with running(self, prefix):
-            cache = self.hf_model(**prefix, use_cache=True).past_key_values
-        if repeat > 1:
-            cache.batch_repeat_interleave(repeat)
-        step = {k: inputs[k][:, -1:] for k in per_token if k != "attention_mask"}
-        step["attention_mask"] = inputs.get("attention_mask", torch.ones_like(ids))
-        step = {k: v.repeat_interleave(repeat, dim=0) for k, v in step.items()}
-        with self.hooks(fwd_hooks), running(self, step):
-            logits = self.hf_model(**step, past_key_values=cache, use_cache=True, **self._keep_last()).logits
-        self._resid_pre_store.clear()
-        return logits[:, -1]
+            prefix_cache = self.hf_model(**prefix, use_cache=True).past_key_values
+        last = {k: inputs[k][:, -1:] for k in per_token if k != "attention_mask"}
+        last["attention_mask"] = inputs.get("attention_mask", torch.ones_like(ids))
+
+        @torch.no_grad()
+        def run(fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (), repeat: int = 1) -> Tensor:
+            import copy
+
+            cache = copy.deepcopy(prefix_cache) if keep_prefix else prefix_cache
+            if repeat > 1:
+                cache.batch_repeat_interleave(repeat)
+            step = {k: v.repeat_interleave(repeat, dim=0) for k, v in last.items()}
+            try:
+                with self.hooks(fwd_hooks), running(self, step):
+                    logits = self.hf_model(**step, past_key_values=cache, use_cache=True,
+                                           **self._keep_last()).logits
+            finally:
+                self._resid_pre_store.clear()
+            return logits[:, -1]
+
+        return run
 
     def _keep_last(self) -> dict[str, int]:
         import inspect
@@ -729,32 +892,31 @@ class HookedMultimodalModel(HookedRootModule):
         from .hooks import running
 
         inputs = self._as_inputs(inputs)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+        if pad_id is not None:
+            generate_kwargs.setdefault("pad_token_id", pad_id)
         calls = {"n": 0}
-
-        def count_call(*_args, **_kwargs):
-            calls["n"] += 1
 
         def prefill_only(fn: Callable) -> Callable:
             def wrapped(tensor, hook):
-                if calls["n"] == 1:
-                    return fn(tensor, hook=hook)
-                return None
+                return fn(tensor, hook=hook) if calls["n"] == 1 else None
 
             wrapped.__wrapped__ = fn
             return wrapped
 
-        counter = self.hf_model.register_forward_pre_hook(count_call)
-        try:
-            with self.hooks([(name, prefill_only(fn)) for name, fn in fwd_hooks]):
-                pad_id = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
-                if pad_id is not None:
-                    generate_kwargs.setdefault("pad_token_id", pad_id)
-                with running(self, inputs):
+        with running(self, inputs) as memo:
+            def count_call(*_args, **_kwargs):
+                calls["n"] += 1
+                memo["decoding"] = calls["n"] > 1  # position hooks then stay out of the decoding steps
+
+            counter = self.hf_model.register_forward_pre_hook(count_call)
+            try:
+                with self.hooks([(name, prefill_only(fn)) for name, fn in fwd_hooks]):
                     out = self.hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                                  **generate_kwargs)
-        finally:
-            counter.remove()
-            self._resid_pre_store.clear()
+            finally:
+                counter.remove()
+                self._resid_pre_store.clear()
         return out[:, inputs["input_ids"].shape[1]:] if return_new_tokens_only else out
 
     # ------------------------------------------------------------------ unembedding and tokens
@@ -802,6 +964,14 @@ class HookedMultimodalModel(HookedRootModule):
         if self.tokenizer is None:
             raise InputError("No tokenizer: wrap the model with from_hf(model, tokenizer=...) or a processor.")
         return self.tokenizer
+
+
+def _in_features(module: nn.Module) -> int | None:
+    """Input width of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight ``[in, out]``)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    weight = getattr(module, "weight", None)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
 def _reachable(name: str, stop_layer: int) -> bool:

@@ -178,7 +178,8 @@ def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: 
         modality: of the demos, ``"text"`` or ``"image"``.
         query_modality: of the query; defaults to ``modality``. Text demos + image query = xBase.
         pool: where demos come from; default: the queries themselves (never a prompt's own query).
-        seed: demo sampling seed; the same seed gives the same prompts.
+        seed: demo sampling seed; the same seed gives the same prompts, and an item's demos depend only on the
+            seed and that item (so splitting the items into shards changes nothing).
         include_query: ``False`` builds source prompts of demos only.
 
     Raises:
@@ -188,10 +189,11 @@ def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: 
     if not items:
         raise TaskError("No items to build prompts from (empty task or split).")
     pool = list(pool) if pool is not None else items
-    rng = random.Random(seed)
     query_modality = query_modality or modality
     prompts = []
     for item in items:
+        # Each item's demos depend only on (seed, item), so a subset or a shard of items gets the same prompts.
+        rng = random.Random(f"{seed}:{_item_field(item, 'input')}")
         demos = sample_demos(pool, n_shots, item, rng)
         prompts.append(icl_prompt(demos, item if include_query else None, modality, query_modality, chat=chat))
     return prompts
