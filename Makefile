@@ -26,7 +26,7 @@ test: venv
 
 docs: venv
 	$(PY) -m pip install -q -e ".[docs]"
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: venv
 	$(PY) benchmarks/run.py

@@ -753,8 +753,9 @@ class HookedMultimodalModel(HookedRootModule):
             ``(logits [batch, pos, d_vocab] or None, transformer_lens.ActivationCache)``.
 
         Raises:
-            HookNameError, IncompatibleArgumentsError (a requested hook lies past ``stop_at_layer``),
-            PositionError.
+            HookNameError: a name or pattern that matches no hook point.
+            IncompatibleArgumentsError: a requested hook lies past ``stop_at_layer``.
+            PositionError: a position that is out of range or does not occur in some row.
         """
         inputs = self._as_inputs(inputs)
         names = self._expand_names(names_filter)
