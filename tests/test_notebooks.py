@@ -24,4 +24,4 @@ def test_notebook_runs(path):
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "custom_hooks"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "custom_hooks", "cross_modal_patching", "phase_curves"}

