@@ -1,17 +1,24 @@
 """Train the reference VLM's vision tower + projector (LLaVA stage-1 style; SmolLM2 stays frozen).
 
-    python -m tv_lens.reference.train                       # defaults used for the shipped weights
-    python -m tv_lens.reference.train --steps 200 --out /tmp/ref   # a quick run elsewhere
+    OMP_WAIT_POLICY=PASSIVE python -m tv_lens.reference.train      # the recipe of the shipped weights (~22 min, 2 CPUs)
+    python -m tv_lens.reference.train --steps 50 --out /tmp/ref     # a quick run elsewhere
 
-Objective per image of entity e (name n, e.g. "France"), prompt ``Q:<image>\\nA:`` (16 image tokens):
+Three stages; only the vision tower + projector are ever updated (SmolLM2 is frozen throughout):
+
+A. (text only, ~2 min) one shared soft prefix P (16 vectors in SmolLM2's embedding space) such that the LM given
+   ``Q:`` + P[:16-n] + embed(name) + ``\nA:`` outputs the name.  Not saved.
+0. (vision only, no LM, ~7 min) the 16 image tokens are regressed onto [P[:16-n], embed(name)] (+ a token-level
+   cosine cross-entropy and a throw-away entity classifier on pooled vision features).
+1. (through the frozen LM, ~12 min) per image of entity e (name n, e.g. "France"), prompt ``Q:<image>\nA:``:
 
     loss = CE(name tokens | prompt)                                        # "name what you see"
          + distill_weight * 1/2 * [ sum_l rel(h_l[last image token], t_l[last name token])
                                     + sum_l rel(h_l[last prompt position], t_l[last prompt position]) ]
 
 where h_l are the VLM's hidden states (``hidden_states[l]``, l = 0..30) on the image prompt, t_l SmolLM2's hidden
-states on the text prompt ``Q:{n}\\nA:`` and rel(a, b) = ||a - b||^2 / ||b||^2. The teacher states are computed once,
-without gradients; no task output (capital, currency, ...) is ever read.
+states on the text prompt ``Q:{n}\nA:`` and rel(a, b) = ||a - b||^2 / ||b||^2. The teacher states are computed once,
+without gradients. No task output (capital, currency, ...) is ever read: only the task files' ``input`` and
+``image`` fields.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch.nn.functional as F
 
 from tv_lens.reference import data as D
 from tv_lens.reference import model as M
-from tv_lens.reference.recognition import batch_inputs, caption_ids, name_scores, summarize
+from tv_lens.reference.recognition import PROMPT, batch_inputs, caption_ids, name_scores, summarize
 
 
 def parse_args(argv=None):
@@ -40,12 +47,12 @@ def parse_args(argv=None):
     ap.add_argument("--prefix-steps", type=int, default=24, help="stage A: soft-prefix search steps (text only)")
     ap.add_argument("--prefix-batch-size", type=int, default=32)
     ap.add_argument("--prefix-lr", type=float, default=1e-2)
-    ap.add_argument("--align-steps", type=int, default=2000,
+    ap.add_argument("--align-steps", type=int, default=2500,
                     help="stage 0: vision-only steps aligning image tokens with the name's token embeddings")
     ap.add_argument("--align-batch-size", type=int, default=64)
     ap.add_argument("--align-lr", type=float, default=3e-3)
     ap.add_argument("--align-warmup", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=150, help="stage 1: steps through the frozen LM")
+    ap.add_argument("--steps", type=int, default=250, help="stage 1: steps through the frozen LM")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--weight-decay", type=float, default=0.01)
@@ -341,7 +348,7 @@ def main(argv=None) -> int:
     print(f"trainable parameters (vision tower + projector): {n_train:,}")
 
     # the processor's own expansion must equal the ids we build by hand
-    check = processor(text=[D_prompt(entities[0].name)], images=[D.load_image(entities[0].key, args.images_dir)],
+    check = processor(text=[PROMPT + entities[0].name], images=[D.load_image(entities[0].key, args.images_dir)],
                       return_tensors="pt")
     p_ids, n_ids = caption_ids(tok, entities[0].name)
     assert check.input_ids[0].tolist() == p_ids + n_ids, "processor expansion differs from the training ids"
@@ -540,12 +547,6 @@ def main(argv=None) -> int:
     print(f"saved {args.out / M.WEIGHTS_FILE} ({meta['weights_bytes'] / 1e6:.2f} MB, sha256 {digest[:16]}...) and "
           f"{args.out / M.META_FILE}")
     return 0
-
-
-def D_prompt(name: str) -> str:
-    from tv_lens.reference.recognition import PROMPT
-
-    return PROMPT + name
 
 
 class _Null:
