@@ -29,6 +29,7 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: venv
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run.py
 
 clean:

@@ -11,6 +11,7 @@ sides alike. Nothing here is asserted: the table is the result.
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -20,13 +21,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tv_lens as tvl  # noqa: E402
 from tv_lens import hooks as H  # noqa: E402
 from tv_lens import prompts as P  # noqa: E402
 from tv_lens.evaluate import first_token_correct  # noqa: E402
 
-ROWS: list[tuple[str, str, float, float, str]] = []
+ROWS: list[tuple[str, str, float, float, str, dict]] = []
+PEERS = ("TransformerBridge", "nnsight")
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -38,38 +41,95 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def compare(label: str, model_name: str, baseline, candidate, repeats: int, note: str = "") -> float:
-    """Median time of ``candidate`` / median time of ``baseline``, interleaved."""
-    baseline()
-    candidate()  # warm-up
-    base_times, cand_times = [], []
+def compare(label: str, model_name: str, baseline, candidate, repeats: int, note: str = "",
+            peers: dict | None = None) -> float:
+    """Median time of ``candidate`` (and of each peer) / median time of ``baseline``, interleaved round-robin."""
+    contenders = {"baseline": baseline, "tv_lens": candidate, **(peers or {})}
+    for fn in contenders.values():
+        fn()  # warm-up
+    times = {k: [] for k in contenders}
     for _ in range(repeats):
-        base_times += timed(baseline, 1)
-        cand_times += timed(candidate, 1)
-    b, c = statistics.median(base_times), statistics.median(cand_times)
-    ROWS.append((model_name, label, b, c, note))
-    print(f"{model_name:>14} | {label:<52} | {b * 1e3:9.1f} ms | {c * 1e3:9.1f} ms | {c / b:6.3f}x {note}",
+        for key, fn in contenders.items():
+            times[key] += timed(fn, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    b, c = med["baseline"], med["tv_lens"]
+    peer_ratios = {k: med[k] / b for k in (peers or {})}
+    ROWS.append((model_name, label, b, c, note, peer_ratios))
+    extra = "".join(f" | {k} {r:6.3f}x" for k, r in peer_ratios.items())
+    print(f"{model_name:>14} | {label:<52} | {b * 1e3:9.1f} ms | {c * 1e3:9.1f} ms | {c / b:6.3f}x{extra} {note}",
           flush=True)
     return c / b
 
 
+def _logits(out):
+    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+
+
 @torch.no_grad()
-def forward_rows(model, batch, name: str, repeats: int) -> None:
+def forward_rows(model, batch, name: str, repeats: int, peers: dict | None = None) -> None:
+    """No-hook forward, one patch hook, and a one-position cache of every layer's resid_post, against raw HF.
+
+    ``peers`` maps a peer's name to ``{"noop", "patch", "cache"}`` closures doing the same thing (or to the error
+    that kept it from wrapping this model)."""
     hf = model.hf_model
     raw_inputs = {k: v for k, v in batch.items()}
+    peers = peers or {}
+    working = {k: v for k, v in peers.items() if isinstance(v, dict)}
+    for peer, value in peers.items():
+        if not isinstance(value, dict):
+            print(f"{name:>14} | {peer} not measured: {value}", flush=True)
 
     def raw():
         hf(**raw_inputs, use_cache=False)
 
-    compare("forward, no hooks (hooked / raw HF)", name, raw, lambda: model(batch), repeats)
     vec = torch.zeros(model.cfg.d_model)
     layer = model.cfg.n_layers // 2
-    compare("forward, one patch hook at the last token", name, raw,
-            lambda: model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_post",
-                                                            H.patch(vec, at="last"))]), repeats)
-    compare("run_with_cache resid_post, all layers, one position", name, raw,
-            lambda: model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post", positions="last"),
-            repeats)
+    ours = {
+        "noop": lambda: model(batch),
+        "patch": lambda: model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_post",
+                                                                 H.patch(vec, at="last"))]),
+        "cache": lambda: model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post", positions="last"),
+    }
+    # The peers must compute the same thing: same logits with the patch, same cached vectors.
+    check = {}
+    ref_patch = _logits(ours["patch"]())
+    ref_cache = ours["cache"]()[1]
+    for peer, ops in working.items():
+        diff_patch = (_logits(ops["patch"]()) - ref_patch).abs().max().item()
+        cached = ops["cache"]()
+        if isinstance(cached, tuple):  # bridge: (logits, ActivationCache)
+            cached = [cached[1][f"blocks.{l}.hook_resid_post"].reshape(ref_patch.shape[0], -1)
+                      for l in range(model.cfg.n_layers)]
+        diff_cache = max((c.reshape(ref_patch.shape[0], -1) - ref_cache["resid_post", l]).abs().max().item()
+                         for l, c in enumerate(cached))
+        check[peer] = f"{peer}: max |diff| patched logits {diff_patch:.1e}, cache {diff_cache:.1e}"
+    note = "; ".join(check.values())
+    labels = {"noop": "forward, no hooks (hooked / raw HF)", "patch": "forward, one patch hook at the last token",
+              "cache": "run_with_cache resid_post, all layers, one position"}
+    for op, label in labels.items():
+        compare(label, name, raw, ours[op], repeats, note=note if op == "cache" else "",
+                peers={peer: ops[op] for peer, ops in working.items()})
+
+
+def build_peers(model, inputs: dict, fresh_copy) -> dict:
+    """TransformerBridge and nnsight around their own fresh copies of the HF model (or the error they raised)."""
+    import peers as peer_lib
+
+    layer = model.cfg.n_layers // 2
+    out: dict = {}
+    try:
+        out["TransformerBridge"] = peer_lib.bridge_ops(fresh_copy(), inputs, model.cfg.n_layers, model.cfg.d_model,
+                                                       layer)
+    except Exception as exc:  # reported in the table, not hidden
+        out["TransformerBridge"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    try:
+        from tv_lens.adapters.base import resolve_path
+
+        path = next(p for p in model.adapter.layers if resolve_path(model.hf_model, (p,)) is not None)
+        out["nnsight"] = peer_lib.nnsight_ops(fresh_copy(), inputs, path, model.cfg.d_model, layer)
+    except Exception as exc:
+        out["nnsight"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return out
 
 
 @torch.no_grad()
@@ -109,7 +169,7 @@ def memory_row(model, batch, name: str) -> None:
         return sum(t.numel() * t.element_size() for t in cache.values())
 
     full, one = cache_bytes(), cache_bytes(positions="last")
-    ROWS.append((name, "cache bytes: one position / full sequence", full, one, "bytes, not seconds"))
+    ROWS.append((name, "cache bytes: one position / full sequence", full, one, "bytes, not seconds", {}))
     print(f"{name:>14} | cache bytes, one position / full sequence: {one} / {full} = {one / full:.4f}")
 
 
@@ -170,7 +230,7 @@ def sweep_row(model, name: str, n_val: int, n_test: int) -> None:
     t_paper = time.perf_counter() - start
     note = f"best layer/test acc: ours {ours_out}, paper loop {paper_out}"
     ROWS.append((name, f"extract + sweep {len(layers)} layers + test ({n_val}/{n_test} items): ours / paper loop",
-                 t_paper, t_ours, note))
+                 t_paper, t_ours, note, {}))
     print(f"{name:>14} | sweep: paper loop {t_paper:.1f}s, ours {t_ours:.1f}s -> {t_paper / t_ours:.1f}x faster; "
           f"{note}", flush=True)
 
@@ -180,6 +240,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None, help="write the table as markdown here")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--no-peers", action="store_true", help="skip the TransformerBridge and nnsight columns")
     args = parser.parse_args()
     repeats = 5 if args.quick else 15
     torch.manual_seed(0)
@@ -191,7 +252,9 @@ def main() -> int:
     smol = tvl.HookedMultimodalModel.from_hf(hf, tokenizer=tokenizer)
     task = tvl.tasks.load("country-capital")
     batch = P.encode(smol, P.icl(task.val[:8], n_shots=5, pool=task.train))
-    forward_rows(smol, batch, "SmolLM2-135M", repeats)
+    peers = None if args.no_peers else build_peers(smol, dict(batch), lambda: load_smollm2()[0])
+    forward_rows(smol, batch, "SmolLM2-135M", repeats, peers)
+    del peers
     memory_row(smol, batch, "SmolLM2-135M")
     generation_row(smol, "SmolLM2-135M", max(3, repeats // 3))
     if not args.skip_sweep:
@@ -201,14 +264,20 @@ def main() -> int:
     llava = tiny.hooked()
     items = [dict(input=f"x{i}", output=f"y{i}", image=random_image(32, 32, i)) for i in range(8)]
     vbatch = P.encode(llava, P.icl(items, n_shots=3, modality="image"))
-    forward_rows(llava, vbatch, "tiny LLaVA", repeats)
+    peers = None if args.no_peers else build_peers(llava, dict(vbatch), lambda: copy.deepcopy(tiny.model))
+    forward_rows(llava, vbatch, "tiny LLaVA", repeats, peers)
 
     lines = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
              f"python {platform.python_version()}", "",
-             "| model | measurement | baseline | tv_lens | ratio | note |", "| --- | --- | --- | --- | --- | --- |"]
-    for model_name, label, base, cand, note in ROWS:
+             "Ratios are time / baseline time (lower is faster); the peers' columns use the same baseline, measured "
+             "round-robin in the same loop.", "",
+             "| model | measurement | baseline | tv_lens | tv_lens ratio | " + " | ".join(f"{p} ratio" for p in PEERS)
+             + " | note |", "|" + " --- |" * (6 + len(PEERS))]
+    for model_name, label, base, cand, note, peer_ratios in ROWS:
         unit = "" if "bytes" in label else " s"
-        lines.append(f"| {model_name} | {label} | {base:.4g}{unit} | {cand:.4g}{unit} | {cand / base:.3f} | {note} |")
+        cells = " | ".join(f"{peer_ratios[p]:.3f}" if p in peer_ratios else "—" for p in PEERS)
+        lines.append(f"| {model_name} | {label} | {base:.4g}{unit} | {cand:.4g}{unit} | {cand / base:.3f} | {cells} "
+                     f"| {note} |")
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:

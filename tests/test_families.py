@@ -369,3 +369,29 @@ def test_fuyu_text_only_and_bfloat16():
     assert inputs["pixel_values"].dtype == torch.bfloat16
     _, cache = hooked16.run_with_cache(inputs, names_filter="blocks.0.hook_resid_post", positions="last")
     assert cache["blocks.0.hook_resid_post"].dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- greedy generation: own loop vs HF generate
+@torch.no_grad()
+@pytest.mark.parametrize("family", available_families())
+def test_greedy_generate_equals_hf_generate(family):
+    """tv_lens' greedy loop (hooked prefill, bare one-token steps) gives HF ``generate``'s tokens, also when a row
+    stops early at EOS and is padded; families whose steps need more fall back to HF ``generate`` itself."""
+    tiny, hooked = _tiny(family)
+    inputs, _ = two_prompts(tiny, hooked)
+    pad = hooked.tokenizer.pad_token_id
+    ref = tiny.model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+    assert torch.equal(hooked.generate(inputs, max_new_tokens=6), ref)
+    prompt_len = inputs["input_ids"].shape[1]
+    eos = int(ref[0, prompt_len + 1])  # row 0 "ends" at its second new token
+    ref_eos = tiny.model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+    ours = hooked.generate(inputs, max_new_tokens=6, eos_token_id=eos)
+    assert torch.equal(ours, ref_eos)
+    assert (ours[0, prompt_len + 2:] == pad).all() or ours.shape[1] == prompt_len + 2
+    assert hooked._torch_handles == {}
+
+
+def test_lean_decoding_is_off_where_steps_need_more_than_the_cache():
+    for family in ("qwen2_vl", "qwen2_5_vl", "fuyu"):
+        if family in available_families():
+            assert not _tiny(family)[1].adapter.lean_decoding

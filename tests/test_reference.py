@@ -156,8 +156,8 @@ def test_names_heldout_augmented_images(ref):
     res = summarize(scores, [e.group for e in sample])
     misses = [f"{e.name} -> {s['prediction']!r}" for e, s in zip(sample, scores) if not s["whole"]]
     assert res["n"] >= 120
-    # The shipped weights name ~85% of held-out views (chance is ~0 for a whole name); the 90% the reference VLM is
-    # meant to reach is open work (animals lag). These bounds catch a regression, not the final target.
-    assert res["whole"] >= 0.75, (res, misses)
+    # The shipped weights name 93% of held-out views by whole name (94% first token; recorded in the metadata, 660
+    # views); chance is ~0 for a whole name. This sample of ~150 views is noisier, hence the margin.
+    assert res["whole"] >= 0.85, (res, misses)
     for group, r in res["per_group"].items():
-        assert r["whole"] >= 0.60, (group, r, misses)
+        assert r["whole"] >= 0.70, (group, r, misses)

@@ -47,12 +47,12 @@ def parse_args(argv=None):
     ap.add_argument("--prefix-steps", type=int, default=24, help="stage A: soft-prefix search steps (text only)")
     ap.add_argument("--prefix-batch-size", type=int, default=32)
     ap.add_argument("--prefix-lr", type=float, default=1e-2)
-    ap.add_argument("--align-steps", type=int, default=2500,
+    ap.add_argument("--align-steps", type=int, default=3000,
                     help="stage 0: vision-only steps aligning image tokens with the name's token embeddings")
     ap.add_argument("--align-batch-size", type=int, default=64)
     ap.add_argument("--align-lr", type=float, default=3e-3)
     ap.add_argument("--align-warmup", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=250, help="stage 1: steps through the frozen LM")
+    ap.add_argument("--steps", type=int, default=400, help="stage 1: steps through the frozen LM")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--weight-decay", type=float, default=0.01)
@@ -542,6 +542,7 @@ def main(argv=None) -> int:
     }
     tmp_m = args.out / (M.META_FILE + f".tmp{os.getpid()}")
     tmp_m.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    os.chmod(tmp_w, 0o644)  # safetensors writes 0600
     os.replace(tmp_w, args.out / M.WEIGHTS_FILE)
     os.replace(tmp_m, args.out / M.META_FILE)
     print(f"saved {args.out / M.WEIGHTS_FILE} ({meta['weights_bytes'] / 1e6:.2f} MB, sha256 {digest[:16]}...) and "
