@@ -903,9 +903,6 @@ class HookedMultimodalModel(HookedRootModule):
         pad_id = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
         if pad_id is not None:
             generate_kwargs.setdefault("pad_token_id", pad_id)
-        if not do_sample and self._greedy_loop_applies(generate_kwargs):
-            out = self._greedy_generate(inputs, max_new_tokens, fwd_hooks, **generate_kwargs)
-            return out[:, inputs["input_ids"].shape[1]:] if return_new_tokens_only else out
         calls = {"n": 0}
 
         def prefill_only(fn: Callable) -> Callable:
@@ -929,73 +926,6 @@ class HookedMultimodalModel(HookedRootModule):
                 counter.remove()
                 self._resid_pre_store.clear()
         return out[:, inputs["input_ids"].shape[1]:] if return_new_tokens_only else out
-
-    # Generation-config fields that make HF's ``generate`` do more than pick the argmax and stop at EOS.
-    _GREEDY_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
-                       "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
-                       "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
-                       "forced_eos_token_id": (None,), "min_length": (None, 0), "min_new_tokens": (None, 0),
-                       "sequence_bias": (None,), "num_beams": (None, 1), "max_time": (None,),
-                       "stop_strings": (None,), "exponential_decay_length_penalty": (None,),
-                       "renormalize_logits": (None, False), "guidance_scale": (None, 1.0),
-                       "assistant_model": (None,), "prompt_lookup_num_tokens": (None,)}
-
-    def _greedy_loop_applies(self, generate_kwargs: dict) -> bool:
-        """Whether the lean greedy loop gives what ``hf_model.generate`` gives: a family whose decoding steps need
-        nothing but the new token, its position and the cache, and no logits processor in play."""
-        if not self.adapter.lean_decoding:
-            return False
-        if set(generate_kwargs) - {"eos_token_id", "pad_token_id"}:
-            return False
-        config = getattr(self.hf_model, "generation_config", None)
-        return all(getattr(config, key, None) in neutral for key, neutral in self._GREEDY_NEUTRAL.items())
-
-    def _greedy_generate(self, inputs: dict, max_new_tokens: int, fwd_hooks, **kwargs: Any) -> Tensor:
-        """Greedy decoding: the hooked prefill, then one-token steps on the KV cache with no hook installed.
-
-        Same tokens as ``hf_model.generate(do_sample=False)`` (position ids from the attention mask, finished rows
-        padded, stop when every row has emitted EOS) without its per-step machinery; tested per family.
-        """
-        from .hooks import running
-
-        config = self.hf_model.generation_config
-        eos = kwargs.get("eos_token_id", config.eos_token_id)
-        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
-        pad = kwargs.get("pad_token_id", config.pad_token_id)
-        if pad is None and len(eos):
-            pad = int(eos[0])
-        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        position = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        keep = self._keep_last()
-        new: list[Tensor] = []
-        with running(self, inputs) as memo:
-            try:
-                with self.hooks(fwd_hooks):
-                    out = self.hf_model(**{**inputs, "attention_mask": mask}, position_ids=position, use_cache=True,
-                                        **keep)
-                memo["decoding"] = True  # position hooks of an enclosing model.hooks() block skip the steps
-                cache, position = _kv_cache(out), position[:, -1:]
-                done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-                for step in range(max_new_tokens):
-                    token = out.logits[:, -1].argmax(-1)
-                    if pad is not None and len(eos):
-                        token = torch.where(done, torch.as_tensor(pad, device=token.device), token)
-                        done |= torch.isin(token, eos.to(token.device))
-                    new.append(token)
-                    if step == max_new_tokens - 1 or (len(eos) and bool(done.all())):
-                        break
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                    position = position + 1
-                    out = self.hf_model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
-                                        **{self._cache_kwarg(): cache}, use_cache=True, **keep)
-                    cache = _kv_cache(out)
-            finally:
-                self._resid_pre_store.clear()
-        if not new:
-            return ids
-        return torch.cat([ids, torch.stack(new, dim=1).to(ids.dtype)], dim=1)
 
     # ------------------------------------------------------------------ unembedding and tokens
     def unembed(self, resid: Float[Tensor, "... d_model"], normalize: bool = True) -> Float[Tensor, "... d_vocab"]:

@@ -94,9 +94,6 @@ class Adapter:
             limit); ``prepare`` refuses more with an ``InputError``.
         prefix_reuse: a prompt's KV cache may be reused to run only its last token again (false where position
             ids depend on more than the cache length, e.g. Qwen2-VL's M-RoPE).
-        lean_decoding: greedy ``generate`` may run its own loop (hooked prefill, then one-token steps given only the
-            token, its position id and the cache) instead of ``hf_model.generate``; false where decoding steps need
-            more (M-RoPE deltas, per-token type ids). Tested against ``hf_model.generate`` per family.
         images_first: the processor itself puts a prompt's image before its text (Fuyu): the placeholder must open
             the prompt, and ``prepare`` removes it before the processor sees the text.
     """
@@ -124,7 +121,6 @@ class Adapter:
     max_images_per_prompt: int | None = None
     images_first: bool = False
     prefix_reuse: bool = True
-    lean_decoding: bool = True
     notes: str = field(default="", compare=False)
 
     @property

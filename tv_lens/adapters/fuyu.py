@@ -34,7 +34,6 @@ def _image_spans(input_ids_row: torch.Tensor, config) -> list[torch.Tensor]:
 FUYU = Adapter(
     family="fuyu",
     prefix_reuse=False,
-    lean_decoding=False,
     architectures=("FuyuForCausalLM",),
     layers=("model.language_model.layers", "language_model.model.layers"),
     final_norm=("model.language_model.final_layernorm", "language_model.model.final_layernorm"),

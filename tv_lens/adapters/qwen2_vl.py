@@ -23,8 +23,7 @@ _PATHS = dict(
     image_features=("model.visual",),
     image_features_attr="pooler_output",
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
-    prefix_reuse=False,
-    lean_decoding=False,  # M-RoPE positions of a new token depend on rope deltas, not just the cache length
+    prefix_reuse=False,  # M-RoPE positions of a new token depend on rope deltas, not just the cache length
 )
 
 QWEN2_VL = Adapter(family="qwen2_vl", architectures=("Qwen2VLForConditionalGeneration",), **_PATHS)
