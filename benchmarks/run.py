@@ -90,12 +90,14 @@ def forward_rows(model, batch, name: str, repeats: int, peers: dict | None = Non
                                                                  H.patch(vec, at="last"))]),
         "cache": lambda: model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post", positions="last"),
     }
-    # The peers must compute the same thing: same logits with the patch, same cached vectors.
+    # The peers must compute the same thing: same logits with the patch (at real tokens: what a model computes at
+    # left-padding positions is meaningless and differs between implementations), same cached vectors.
     check = {}
     ref_patch = _logits(ours["patch"]())
     ref_cache = ours["cache"]()[1]
+    real = batch["attention_mask"].bool()
     for peer, ops in working.items():
-        diff_patch = (_logits(ops["patch"]()) - ref_patch).abs().max().item()
+        diff_patch = (_logits(ops["patch"]()) - ref_patch)[real].abs().max().item()
         cached = ops["cache"]()
         if isinstance(cached, tuple):  # bridge: (logits, ActivationCache)
             cached = [cached[1][f"blocks.{l}.hook_resid_post"].reshape(ref_patch.shape[0], -1)
@@ -133,9 +135,12 @@ def build_peers(model, inputs: dict, fresh_copy) -> dict:
 
 
 @torch.no_grad()
-def generation_row(model, name: str, repeats: int) -> None:
+def generation_row(model, name: str, repeats: int, icl: bool = False) -> None:
+    """8 new tokens for 8 prompts, patched at the final delimiter: contextless queries (``icl=False``, the patch
+    method) or 5-shot ICL prompts (the prompts of the ``base`` method, where the prefix is ~7x longer)."""
     task = tvl.tasks.load("country-capital")
-    batch = P.encode(model, P.queries(task.test[:8]))
+    prompts = P.icl(task.test[:8], n_shots=5, pool=task.train) if icl else P.queries(task.test[:8])
+    batch = P.encode(model, prompts)
     vec = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 0.5
     layer = model.cfg.n_layers // 2
     name_hook = f"blocks.{layer}.hook_resid_post"
@@ -158,7 +163,10 @@ def generation_row(model, name: str, repeats: int) -> None:
         return torch.cat(out, 1)
 
     same = torch.equal(fast(), recompute())
-    compare(f"patched generation of {n_new} tokens: KV cache / recompute prefix", name, recompute, fast, repeats,
+    kind = f"5-shot ICL prompts, {batch['input_ids'].shape[1]} tokens" if icl else \
+        f"queries, {batch['input_ids'].shape[1]} tokens"
+    compare(f"patched generation of {n_new} tokens ({kind}): KV cache / recompute prefix", name, recompute, fast,
+            repeats,
             note=f"identical tokens: {same}")
 
 
@@ -257,6 +265,7 @@ def main() -> int:
     del peers
     memory_row(smol, batch, "SmolLM2-135M")
     generation_row(smol, "SmolLM2-135M", max(3, repeats // 3))
+    generation_row(smol, "SmolLM2-135M", max(3, repeats // 3), icl=True)
     if not args.skip_sweep:
         sweep_row(smol, "SmolLM2-135M", n_val=10 if args.quick else 30, n_test=20 if args.quick else 100)
 

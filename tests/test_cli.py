@@ -93,6 +93,14 @@ def test_extract_writes_the_library_vector(files, tmp_path):
     assert vec.n_prompts == len(task.val) == 4
     assert torch.allclose(vec.vectors, expected.vectors, atol=1e-6)
 
+    spaced = tmp_path / "spaced.safetensors"
+    assert run("extract", files["llama"], files["task"], *SMALL, "--layers", "0-1", "--seed", "3", "--template",
+               "qa_space", "--out", spaced) == 0
+    prompts = tvl.prompts.icl(task.val, n_shots=2, pool=task.train, seed=3, template="qa_space")
+    expected = tvl.extract_task_vector(model, prompts, layers=[0, 1], progress=False)
+    assert torch.allclose(tvl.TaskVector.load(spaced).vectors, expected.vectors, atol=1e-6)
+    assert not torch.allclose(vec.vectors, expected.vectors, atol=1e-3)
+
     assert run("extract", files["llama"], files["task"], *SMALL, "--kind", "ensemble", "--out",
                tmp_path / "both.safetensors") == 0
     both = tvl.TaskVector.load(tmp_path / "both.safetensors")

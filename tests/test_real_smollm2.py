@@ -27,31 +27,31 @@ def test_parity_and_unembed_on_real_weights(smollm2):
 
 @pytest.fixture(scope="module")
 def country_capital(smollm2):
+    """The paper's protocol on the 30 val / 100 test items, in the ``qa_space`` template (``Q: {x}\\nA: {y}``)."""
     task = tvl.tasks.load("country-capital")
-    vec = tvl.extract_task_vector(smollm2, P.icl(task.val, n_shots=5, pool=task.train, seed=0), layers="all",
-                                  task=task.name, progress=False)
-    sweep = tvl.layer_sweep(smollm2, vec, task, progress=False)
+    vec = tvl.extract_task_vector(smollm2, P.icl(task.val, n_shots=5, pool=task.train, seed=0, template="qa_space"),
+                                  layers="all", task=task.name, progress=False)
+    sweep = tvl.layer_sweep(smollm2, vec, task, progress=False, template="qa_space")
     result = tvl.evaluate(smollm2, task, ["no_context", "base", "patch"], vector=vec, layer=sweep.best,
-                          max_new_tokens=1, progress=False)
+                          max_new_tokens=6, progress=False, template="qa_space")
     return sweep, result
 
 
-def test_mean_text_vector_changes_the_contextless_answer(country_capital):
-    """What holds on this 135M model (measured, see the issue notes): 5-shot ICL beats no context on the paper's
-    first-token metric, and the patched vector moves the contextless answers away from the no-context ones.
+def test_mean_text_vector_transfers_the_task_to_contextless_queries(country_capital):
+    """Issue 3's proof: the mean 5-shot text-ICL vector patched at the val-best layer into contextless queries scores
+    far above no context on test and at least half of 5-shot ICL, on the first-token metric AND on exact match.
 
-    It does NOT show task transfer: SmolLM2-135M gets 3% exact match even with 5 demos in the Q:/A: template, and its
-    first-token scores come largely from single-letter first tokens ("S", "B") that prefix-match many capitals; at
-    the val-best layer the patched run answers one constant letter. So accuracy of the patch is printed, not
-    asserted."""
+    In the paper's ``Q:{x}\\nA:{y}`` template this 135M model barely does the task even with demos (3% exact
+    match): BPE words are learned after a space, so ``A:Paris`` splits the answer into rare pieces. ``qa_space``
+    writes ``A: Paris``; the query still ends in ``:``, the delimiter the vector is read from and patched at."""
     sweep, result = country_capital
-    acc = result.table()["country-capital"]
-    pred = result.predictions
-    print(f"\nSmolLM2 country-capital test: best val layer {sweep.best}; "
-          f"no_context {acc['no_context']:.2f}, 5-shot ICL {acc['base']:.2f}, patch {acc['patch']:.2f}")
+    acc, exact = result.table()["country-capital"], result.table("exact_match")["country-capital"]
+    print(f"\nSmolLM2 country-capital test (qa_space): best val layer {sweep.best}; first token / exact: "
+          f"no_context {acc['no_context']:.2f} / {exact['no_context']:.2f}, 5-shot ICL {acc['base']:.2f} / "
+          f"{exact['base']:.2f}, patch {acc['patch']:.2f} / {exact['patch']:.2f}")
     assert 0 <= sweep.best < 30
-    assert acc["base"] > acc["no_context"]
-    plain = pred[pred.method == "no_context"].first_token.tolist()
-    patched = pred[pred.method == "patch"].first_token.tolist()
-    assert len(plain) == len(patched) == 100
-    assert sum(a != b for a, b in zip(plain, patched)) >= 50
+    assert acc["base"] >= acc["no_context"] + 0.15
+    assert acc["patch"] >= acc["no_context"] + 0.10 and acc["patch"] >= 0.5 * acc["base"]
+    assert exact["patch"] >= exact["no_context"] + 0.08 and exact["patch"] >= 0.5 * exact["base"]
+    answers = result.predictions.query("method == 'patch'").answer.str.strip().str.split("\n").str[0]
+    assert answers.nunique() >= 30, "the patched run must answer per query, not one constant string"

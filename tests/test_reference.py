@@ -161,3 +161,58 @@ def test_names_heldout_augmented_images(ref):
     assert res["whole"] >= 0.85, (res, misses)
     for group, r in res["per_group"].items():
         assert r["whole"] >= 0.70, (group, r, misses)
+
+
+@pytest.fixture(scope="module")
+def hooked_ref():
+    from tv_lens.demo import load_model
+
+    return load_model()
+
+
+@torch.no_grad()
+def test_reduced_demo_protocol_end_to_end(hooked_ref):
+    """The demo's protocol on one task and few items: recognition through the hooked pipeline, the full Table-3
+    layout, and a text-ICL vector that changes the image query's run exactly from the patched layer and position on."""
+    import tv_lens as tvl
+    from tv_lens import prompts as P
+    from tv_lens.demo import ROW_NAMES, run_protocol
+
+    model = hooked_ref
+    task = tvl.tasks.load("country-capital", n_val=6, n_test=8).with_images()
+    # recognition, through P.encode and the hooked model: a bare image query names the country it shows
+    batch = P.encode(model, P.queries(task.test, modality="image"))
+    named = model.to_string(model.generate(batch, max_new_tokens=4, return_new_tokens_only=True))
+    hits = sum(answer.strip().startswith(item.input) for answer, item in zip(named, task.test))
+    assert hits >= 6, list(zip(named, [item.input for item in task.test]))
+
+    tables, best, sweeps = run_protocol(model, ["country-capital"], n_val=6, n_test=8, batch_size=8,
+                                        max_new_tokens=4, log=lambda *_: None)
+    methods = ["no_context", "majority", "base", "xbase", "patch", "xpatch"]
+    for metric in ("accuracy", "exact_match"):
+        table = tables[metric]
+        assert list(table.index) == [ROW_NAMES.get(m, m) for m in methods]
+        assert list(table.columns) == ["country-capital", "Avg"]
+        assert table.notna().all().all() and ((table >= 0) & (table <= 1)).all().all()
+    assert (tables["exact_match"] <= tables["accuracy"] + 1e-9).all().all()
+    predictions = tables["predictions"]
+    assert len(predictions) == 6 * 8 and set(predictions.method) == set(methods)
+    assert set(best) == {"xpatch", "patch"} and all(0 <= layer < 30 for layer in best.values())
+    assert len(sweeps["xpatch"].scores) == 30
+
+    # the text-ICL vector on image queries: same activations before the patched layer and before the delimiter
+    # at every layer, different from the delimiter on at the patched layer and after
+    vec = tvl.extract_task_vector(model, P.icl(task.val, n_shots=5, pool=task.train or None, seed=0),
+                                  progress=False)
+    layer = best["xpatch"]
+    _, clean = model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post")
+    with model.hooks([(f"blocks.{layer}.hook_resid_post", tvl.hooks.patch(vec[layer], at="delimiter"))]):
+        _, patched = model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post")
+    delimiter = int(model.positions(batch).last[0])
+    for l in range(30):
+        a, b = clean["resid_post", l], patched["resid_post", l]
+        if l < layer:
+            assert torch.equal(a, b)
+        else:
+            assert torch.equal(a[:, :delimiter], b[:, :delimiter])
+            assert (a[:, delimiter] - b[:, delimiter]).abs().amax(-1).min() > 1e-3

@@ -71,6 +71,29 @@ def test_named_positions_from_char_offsets_survive_colons_and_newlines(llama):
         resolve("nowhere", pos)
 
 
+def test_templates_render_and_keep_positions_on_the_delimiter(llama):
+    for name, query_end in [("qa_space", "Q: {x}\nA:"), ("colon", "{x}:")]:
+        prompts = P.icl(_items(), n_shots=2, seed=1, template=name)
+        assert [p.demo_labels for p in prompts] == [p.demo_labels for p in P.icl(_items(), n_shots=2, seed=1)]
+        text = prompts[0].render()
+        assert text.endswith(query_end.format(x=PAIRS[0][0]))
+        assert f"{prompts[0].template.answer} {prompts[0].demo_labels[0]}" in text  # label after a space
+        batch = P.encode(llama, prompts)
+        pos = llama.positions(batch)
+        tokens = llama.to_str_tokens(batch["input_ids"])
+        for row, prompt in enumerate(prompts):
+            for index in [*(resolve(f"delimiter[{k}]", pos)[row] for k in range(2)), resolve("delimiter", pos)[row]]:
+                assert tokens[row][int(index)].endswith(":")
+            assert "".join(tokens[row][i] for i in pos.named[row]["query"]).strip() == prompt.query_input
+        shuffled = P.shuffle_labels(prompts, seed=0)
+        assert sorted(shuffled[0].demo_labels) == sorted(prompts[0].demo_labels)
+        assert P.queries(_items(), template=name)[0].render() == query_end.format(x=PAIRS[0][0])
+    with pytest.raises(InputError, match="whitespace"):
+        P.Template(answer="\nA: ")
+    with pytest.raises(InputError, match="Unknown template"):
+        P.icl(_items(), n_shots=2, template="nope")
+
+
 def test_image_query_positions_and_mixed_prompts(llava):
     items = _items(with_images=True)
     xbase = P.icl(items, n_shots=2, modality="text", query_modality="image", seed=0)

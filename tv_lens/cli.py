@@ -183,7 +183,7 @@ def _other(modality: str) -> str:
 def _icl_vector(model, task: T.Task, modality: str, seed: int, args, layers: list[int] | str = "all") -> TaskVector:
     """The mean task vector of ``task.val`` ICL prompts with ``modality`` demos (from ``train`` when it has any)."""
     prompts = P.icl(task.val, n_shots=args.n_shots, modality=modality, pool=task.train or None, seed=seed,
-                    chat=args.chat)
+                    chat=args.chat, template=args.template)
     return extract_task_vector(model, prompts, layers=layers, batch_size=args.batch_size, task=task.name, seed=seed,
                                progress=not args.no_progress)
 
@@ -311,7 +311,7 @@ def cmd_extract(args) -> int:
     else:
         prompts = P.icl(getattr(task, args.split), n_shots=args.n_shots, modality=args.modality,
                         pool=(task.train or None) if args.split != "train" else None, seed=args.seed[0],
-                        chat=args.chat)
+                        chat=args.chat, template=args.template)
         vector = extract_task_vector(model, prompts, layers=layers, position=args.position,
                                      batch_size=args.batch_size, task=task.name, seed=args.seed[0],
                                      progress=not args.no_progress)
@@ -351,7 +351,8 @@ def cmd_sweep(args) -> int:
         # batch_size prompts per forward whatever the shard's layer count, so every shard batches alike
         result = layer_sweep(model, {task.name: vectors}, {task.name: task}, query_modality=args.query_modality,
                              layers=layers, case_sensitive=not args.case_insensitive,
-                             max_rows=args.batch_size * len(layers), progress=not args.no_progress)
+                             max_rows=args.batch_size * len(layers), progress=not args.no_progress,
+                             template=args.template)
         frame = result.scores.assign(n=len(task.val), query_modality=args.query_modality,
                                      vector_modality=vectors[0].modality, shard=_shard_label(args.shard))
         frame["seed"] = [vectors[i].seed if vectors[i].seed is not None else i for i in frame["seed"]]
@@ -433,7 +434,8 @@ def _patch_layers(model, tasks: list[T.Task], methods: list[str], vectors: dict,
         if method not in layers:
             sweep = layer_sweep(model, {t.name: vectors[t.name][method] for t in tasks}, {t.name: t for t in tasks},
                                 query_modality=args.query_modality, case_sensitive=not args.case_insensitive,
-                                max_rows=args.batch_size * model.cfg.n_layers, progress=not args.no_progress)
+                                max_rows=args.batch_size * model.cfg.n_layers, progress=not args.no_progress,
+                                template=args.template)
             layers[method] = sweep.best
             print(f"{method}: layer {sweep.best} (best on val; --layer {method}=N skips this sweep)")
     return layers
@@ -459,7 +461,8 @@ def cmd_evaluate(args) -> int:
         units += [(task.name, "seed", s) for s in args.seed] if context_methods else []
     mine = _shard_units(units, args.shard)
     common = dict(query_modality=query, n_shots=args.n_shots, case_sensitive=not args.case_insensitive,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.no_progress)
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.no_progress,
+                  template=args.template)
     results = []
     for task in tqdm(tasks, desc="tasks", disable=args.no_progress, leave=False):
         items = [task.test[i] for name, kind, i in mine if name == task.name and kind == "item"]
@@ -527,7 +530,7 @@ def cmd_phases(args) -> int:
             task = dataclasses.replace(task, task_word=args.task_word)
         queries = (task.val + task.test)[:args.n_prompts]
         prompts = P.icl(queries, n_shots=args.n_shots, modality=args.modality, pool=task.train or None,
-                        seed=args.seed[0], chat=args.chat)
+                        seed=args.seed[0], chat=args.chat, template=args.template)
         curves[task.name] = lens.phase_curves(model, prompts, task=task, layers=args.layers,
                                               batch_size=args.batch_size, progress=not args.no_progress)
     path = _out_path(args, "phases.html").with_suffix(".html")
@@ -613,8 +616,11 @@ def _run_options(parser: argparse.ArgumentParser, out_help: str, *, layers: bool
                             help="i/n: run the i-th of n shares of the work (0-based); join with `tv-lens merge`")
     if chat:
         parser.add_argument("--chat", action="store_true", help="ICL prompts in the model's chat template")
+        parser.add_argument("--template", choices=sorted(P.TEMPLATES), default="qa",
+                            help="prompt layout: qa = Q:{x}\\nA:{y} (paper, default); qa_space = Q: {x}\\nA: {y} "
+                                 "(suits BPE tokenizers); colon = {x}: {y}")
     else:
-        parser.set_defaults(chat=False)
+        parser.set_defaults(chat=False, template="qa")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -625,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the offline demo on the real SmolLM2-135M")
     demo.add_argument("--out", default="tv_lens_demo", help="folder for the report")
     demo.add_argument("--quick", action="store_true", help="fewer items, for a smoke run")
+    demo.add_argument("--template", choices=sorted(P.TEMPLATES), default="qa",
+                      help="prompt layout (default qa, the paper's Q:{x}\\nA:{y}; see `tvl.prompts.TEMPLATES`)")
     demo.add_argument("--device", default=None)
     demo.add_argument("--dtype", default=None)
     demo.set_defaults(func=cmd_demo)

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
-from .prompts import Prompt, encode, icl, queries, sample_demos
+from .prompts import Prompt, Template, encode, icl, queries, sample_demos
 from .vectors import TaskVector
 
 METHODS = ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch", "ensemble_patch",
@@ -166,7 +166,7 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
              layer: int | dict | None = None, query_modality: str = "text", n_shots: int = 5,
              seeds: Sequence[int] = (0,), pool: Sequence | None = None, task: str | None = None,
              case_sensitive: bool = True, max_new_tokens: int = 6, batch_size: int = 16,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, template: Template | str | None = None) -> EvalResult:
     """Run Table-3 methods on test queries.
 
     Args:
@@ -182,6 +182,8 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
             seed from ``pool`` (default: the task's train split, else the other items).
         case_sensitive: the paper is case-sensitive except for its Figure 8.
         max_new_tokens: tokens generated for exact match (first-token accuracy needs 1).
+        template: how demos and queries are written (:class:`~tv_lens.prompts.Template` or a name in
+            ``tvl.prompts.TEMPLATES``; default ``"qa"``, the paper's ``Q:{x}\\nA:{y}``).
 
     Returns:
         :class:`EvalResult`; ``result.table()`` is Table 3's layout.
@@ -200,9 +202,9 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
             demo_modality = query_modality if method == "base" else _other(query_modality)
             if method in ("base", "xbase", "majority"):
                 prompts = icl(query_items, n_shots=n_shots, modality=demo_modality if method != "majority"
-                              else "text", query_modality=query_modality, pool=pool, seed=seed)
+                              else "text", query_modality=query_modality, pool=pool, seed=seed, template=template)
             else:
-                prompts = queries(query_items, modality=query_modality)
+                prompts = queries(query_items, modality=query_modality, template=template)
             layer_used = None
             if method == "majority":
                 answers = [(_majority(p), _majority(p)) for p in prompts]
@@ -269,7 +271,8 @@ def best_layer(accuracy_by_layer: pd.Series) -> int:
 @torch.no_grad()
 def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: Any,
                 query_modality: str = "text", layers: Sequence[int] | None = None, mode: str = "replace",
-                case_sensitive: bool = True, max_rows: int = 256, progress: bool = True) -> SweepResult:
+                case_sensitive: bool = True, max_rows: int = 256, progress: bool = True,
+                template: Template | str | None = None) -> SweepResult:
     """Patch the vector at every layer into contextless queries; pick the best layer on these (validation) items.
 
     Several layers run in ONE forward: the query batch is repeated once per layer and each copy is patched at its
@@ -280,6 +283,8 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
         items: validation items (a ``Task`` → its ``val`` split), or ``{task: items}``.
         layers: layers to try (default: all the vector has).
         mode: ``"replace"`` (paper) or ``"add"``.
+        template: how the queries are written (:class:`~tv_lens.prompts.Template` or a name; default ``"qa"``);
+            use the one the vector's source prompts were written in.
 
     Returns:
         :class:`SweepResult` — best layer = argmax of accuracy averaged over seeds then tasks (ties: lowest).
@@ -293,7 +298,7 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
             raise TaskError(f"Task {task_name!r} has no validation items to sweep on.")
         vecs = per_task_vectors[task_name]
         vecs = list(vecs) if isinstance(vecs, (list, tuple)) else [vecs]
-        prompts = queries(query_items, modality=query_modality)
+        prompts = queries(query_items, modality=query_modality, template=template)
         for seed_index, vec in enumerate(vecs):
             vec.check_compatible(model)
             sweep_layers = list(vec.layers) if layers is None else [model.layer_index(l) for l in layers]

@@ -74,8 +74,9 @@ class _BridgedHookPoint(HookPoint):
         return handle
 
     def remove_hooks(self, *args, **kwargs) -> None:
+        had_hooks = bool(self.fwd_hooks or self.bwd_hooks)
         super().remove_hooks(*args, **kwargs)
-        if self._site_changed is not None:
+        if had_hooks and self._site_changed is not None:   # resetting a point with no hooks changes nothing
             self._site_changed(self)
 
     @property
@@ -554,6 +555,12 @@ class HookedMultimodalModel(HookedRootModule):
             self._check_name(name)
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
+    def remove_all_hook_fns(self, direction="both", including_permanent: bool = False, level=None) -> None:
+        """TransformerLens semantics; only the hook points that hold hooks are visited (a model has hundreds)."""
+        for point in self.hook_dict.values():
+            if point.fwd_hooks or point.bwd_hooks:
+                point.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
     def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
         self._check_name(name)
         super()._enable_hook_with_name(name, hook, dir)
@@ -707,7 +714,11 @@ class HookedMultimodalModel(HookedRootModule):
         real = mask.bool()
         last = torch.where(real, ar, -1).max(dim=1).values
         first = torch.where(real, ar, seq_len).min(dim=1).values
-        images = [self.adapter.spans_for_row(row, self.hf_model.config) for row in input_ids]
+        config = self.hf_model.config
+
+        def images() -> list[list[Tensor]]:   # computed only when an image position is asked for
+            return [self.adapter.spans_for_row(row, config) for row in input_ids]
+
         return _positions.TokenPositions(seq_len=seq_len, last=last, first=first, images=images,
                                          named=list(meta) if meta else [])
 

@@ -16,7 +16,7 @@ A position spec is what a user passes as ``positions=`` / ``at=``:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Int
@@ -29,7 +29,6 @@ PositionSpec = int | list | tuple | Tensor | str
 _INDEXED = re.compile(r"^(?P<name>[a-z_]+)(?:\[(?P<index>-?\d+)\])?$")
 
 
-@dataclass
 class TokenPositions:
     """Where things are in each row of a tokenized (and image-expanded) batch.
 
@@ -37,16 +36,26 @@ class TokenPositions:
         seq_len: padded sequence length.
         last: ``[batch]`` index of the last real token of each row (left-padding aware).
         first: ``[batch]`` index of the first real token of each row (number of left pad tokens).
-        images: per row, one ``LongTensor`` of token indices per image, in order.
+        images: per row, one ``LongTensor`` of token indices per image, in order. May be given as a zero-argument
+            callable: it then runs on first access only, so text positions (``"last"``) never pay for image spans.
         named: per row, extra named positions (``"delimiter"`` → list of indices, one per demo + query...),
             filled in by :mod:`tv_lens.prompts`.
     """
 
-    seq_len: int
-    last: Int[Tensor, " batch"]
-    first: Int[Tensor, " batch"]
-    images: list[list[Tensor]]
-    named: list[dict[str, list[int]]] = field(default_factory=list)
+    def __init__(self, seq_len: int, last: Int[Tensor, " batch"], first: Int[Tensor, " batch"],
+                 images: list[list[Tensor]] | Callable[[], list[list[Tensor]]],
+                 named: list[dict[str, list[int]]] | None = None) -> None:
+        self.seq_len = seq_len
+        self.last = last
+        self.first = first
+        self._images = images
+        self.named = list(named) if named else []
+
+    @property
+    def images(self) -> list[list[Tensor]]:
+        if callable(self._images):
+            self._images = self._images()
+        return self._images
 
     @property
     def batch_size(self) -> int:

@@ -8,7 +8,10 @@ image expansion, so data containing ``:`` or newlines can never shift them:
 - ``"delimiter[k]"``: the k-th demo's delimiter (``"delimiter[-1]"``: the last demo's);
 - ``"query"``: every token of the query input (text tokens or image tokens), ``"query[-1]"`` its last token.
 
-Template (Todd et al.): demos ``Q:{x}\\nA:{y}\\n\\n``, query ``Q:{x}\\nA:``.
+Template (Todd et al., the default): demos ``Q:{x}\\nA:{y}\\n\\n``, query ``Q:{x}\\nA:``. Other layouts are a
+:class:`Template` (or one of the names in :data:`TEMPLATES`) passed as ``template=``. For BPE tokenizers such as
+SmolLM2's, ``"qa_space"`` (``A: {y}``) matches how the model saw answers in training: words after a space are
+single tokens there (`` Paris``), while ``A:Paris`` splits them into rarer pieces.
 """
 
 from __future__ import annotations
@@ -22,6 +25,52 @@ from .errors import InputError, TaskError
 
 QUESTION, ANSWER, SEPARATOR = "Q:", "\nA:", "\n\n"
 MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a demo and a query are written: ``{question}{x}{answer}{label_prefix}{y}{separator}`` per demo, then
+    ``{question}{x}{answer}`` for the query.
+
+    The delimiter position is the last token of ``answer`` (the ``:`` of ``A:``), so ``answer`` must not end in
+    whitespace; put a space before the label with ``label_prefix=" "`` instead, which keeps the query ending in
+    ``:`` and lets the model produce the space-led word token itself.
+    """
+
+    question: str = QUESTION
+    answer: str = ANSWER
+    separator: str = SEPARATOR
+    label_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.answer or not self.answer.strip():
+            raise InputError("Template.answer must contain visible text (the delimiter, e.g. '\\nA:').")
+        if self.answer != self.answer.rstrip():
+            raise InputError(f"Template.answer {self.answer!r} ends in whitespace; the delimiter would then be a "
+                             "space token. Use label_prefix=' ' for a space before the answer.")
+        if self.label_prefix.strip():
+            raise InputError(f"Template.label_prefix {self.label_prefix!r} may only hold whitespace.")
+
+
+#: Named templates: ``"qa"`` (the default, ``Q:{x}\\nA:{y}``), ``"qa_space"`` (``Q: {x}\\nA: {y}``) and
+#: ``"colon"`` (``{x}: {y}``, one demo per line).
+TEMPLATES: dict[str, Template] = {
+    "qa": Template(),
+    "qa_space": Template(question="Q: ", label_prefix=" "),
+    "colon": Template(question="", answer=":", separator="\n", label_prefix=" "),
+}
+DEFAULT_TEMPLATE = TEMPLATES["qa"]
+
+
+def get_template(template: Template | str | None) -> Template:
+    """A :class:`Template` from itself, a name in :data:`TEMPLATES`, or ``None`` (the default ``"qa"``)."""
+    if template is None:
+        return DEFAULT_TEMPLATE
+    if isinstance(template, Template):
+        return template
+    if isinstance(template, str) and template in TEMPLATES:
+        return TEMPLATES[template]
+    raise InputError(f"Unknown template {template!r}; use a Template or one of {sorted(TEMPLATES)}.")
 
 
 @dataclass(frozen=True)
@@ -48,6 +97,7 @@ class Prompt:
         demo_modality / query_modality: ``"text"``, ``"image"`` or ``None``.
         query_input: the query's text form (``"France"``), also for image queries.
         chat: rendered with the model's chat template.
+        template: the :class:`Template` the pieces were written in.
     """
 
     pieces: tuple
@@ -58,6 +108,7 @@ class Prompt:
     query_modality: str | None = None
     query_input: str | None = None
     chat: bool = False
+    template: Template = DEFAULT_TEMPLATE
 
     @property
     def n_demos(self) -> int:
@@ -125,29 +176,35 @@ def _check_label(item: Any) -> str:
     return str(label)
 
 
-def query(item: Any, modality: str = "text") -> Prompt:
+def query(item: Any, modality: str = "text", template: Template | str | None = None) -> Prompt:
     """A contextless query ``Q:{x}\\nA:`` (no demos): the target of a patch, and the no-context baseline."""
-    return icl_prompt([], item, demo_modality=None, query_modality=modality)
+    return icl_prompt([], item, demo_modality=None, query_modality=modality, template=template)
 
 
 def icl_prompt(demos: Sequence[Any], item: Any | None, demo_modality: str | None = "text",
-               query_modality: str | None = "text", chat: bool = False) -> Prompt:
-    """One ICL prompt from explicit demos and a query item (``item=None``: demos only)."""
+               query_modality: str | None = "text", chat: bool = False,
+               template: Template | str | None = None) -> Prompt:
+    """One ICL prompt from explicit demos and a query item (``item=None``: demos only), written in ``template``
+    (a :class:`Template` or a name in :data:`TEMPLATES`; default ``"qa"``)."""
+    t = get_template(template)
     pieces: list = []
     labels = []
     for demo in demos:
         label = _check_label(demo)
-        pieces += [QUESTION, *_input_pieces(demo, demo_modality), ANSWER, _Mark("answer"), label, SEPARATOR]
+        pieces += [t.question, *_input_pieces(demo, demo_modality), t.answer, _Mark("answer"),
+                   t.label_prefix + label, t.separator]
         labels.append(label)
     label = query_input = None
     if item is not None:
         label = _check_label(item)
         query_input = str(_item_field(item, "input") or "")
-        pieces += [QUESTION, _Mark("query_start"), *_input_pieces(item, query_modality), _Mark("query_end"),
-                   ANSWER, _Mark("answer")]
+        pieces += [t.question, _Mark("query_start"), *_input_pieces(item, query_modality), _Mark("query_end"),
+                   t.answer, _Mark("answer")]
+    pieces = [p for p in pieces if not (isinstance(p, str) and not p)]
     return Prompt(tuple(pieces), label=label, demo_labels=tuple(labels), kind="icl" if demos else "query",
                   demo_modality=demo_modality if demos else None,
-                  query_modality=query_modality if item is not None else None, query_input=query_input, chat=chat)
+                  query_modality=query_modality if item is not None else None, query_input=query_input, chat=chat,
+                  template=t)
 
 
 def instruction(text: str) -> Prompt:
@@ -169,7 +226,7 @@ def sample_demos(pool: Sequence[Any], n_shots: int, exclude: Any, rng: random.Ra
 
 def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: str | None = None,
         pool: Sequence[Any] | None = None, seed: int = 0, chat: bool = False,
-        include_query: bool = True) -> list[Prompt]:
+        include_query: bool = True, template: Template | str | None = None) -> list[Prompt]:
     """One ICL prompt per query item, with seeded demos.
 
     Args:
@@ -181,6 +238,7 @@ def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: 
         seed: demo sampling seed; the same seed gives the same prompts, and an item's demos depend only on the
             seed and that item (so splitting the items into shards changes nothing).
         include_query: ``False`` builds source prompts of demos only.
+        template: a :class:`Template` or a name in :data:`TEMPLATES` (default ``"qa"``: ``Q:{x}\\nA:{y}``).
 
     Raises:
         TaskError: empty queries, too few items for ``n_shots``, an empty label.
@@ -195,16 +253,17 @@ def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: 
         # Each item's demos depend only on (seed, item), so a subset or a shard of items gets the same prompts.
         rng = random.Random(f"{seed}:{_item_field(item, 'input')}")
         demos = sample_demos(pool, n_shots, item, rng)
-        prompts.append(icl_prompt(demos, item if include_query else None, modality, query_modality, chat=chat))
+        prompts.append(icl_prompt(demos, item if include_query else None, modality, query_modality, chat=chat,
+                                  template=template))
     return prompts
 
 
-def queries(items: Any, modality: str = "text") -> list[Prompt]:
+def queries(items: Any, modality: str = "text", template: Template | str | None = None) -> list[Prompt]:
     """Contextless queries for every item (``Task`` → its ``test`` split)."""
     items = list(getattr(items, "test", items))
     if not items:
         raise TaskError("No items to build queries from (empty task or split).")
-    return [query(item, modality) for item in items]
+    return [query(item, modality, template=template) for item in items]
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -265,7 +324,7 @@ def _render_chat(model, prompt: Prompt, placeholder: str | None) -> tuple[str, d
             user = ""
             answer = next(piece_iter, None)
             if isinstance(answer, str):
-                turns.append({"role": "assistant", "content": answer})
+                turns.append({"role": "assistant", "content": answer.strip()})
                 next(piece_iter, None)  # the demo separator
     text = template_owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     marks: dict[str, list[int]] = {"answer": []}
@@ -385,11 +444,16 @@ def shuffle_labels(prompts: Prompt | Sequence[Prompt], seed: int = 0) -> list[Pr
         pieces = list(prompt.pieces)
         for i, label in zip(slots, shuffled):
             pieces[i] = label
-        out.append(replace(prompt, pieces=tuple(pieces), demo_labels=tuple(shuffled)))
+        prefix = len(prompt.template.label_prefix)
+        out.append(replace(prompt, pieces=tuple(pieces), demo_labels=tuple(x[prefix:] for x in shuffled)))
     return out
 
 
 __all__ = [
+    "DEFAULT_TEMPLATE",
+    "TEMPLATES",
+    "Template",
+    "get_template",
     "ImageSlot",
     "Prompt",
     "PromptBatch",
