@@ -10,6 +10,8 @@ template on 2 CPU cores; the numbers are in docs/task_vectors.md.
 import sys
 import time
 
+import pandas as pd
+
 import tv_lens as tvl
 from tv_lens.models import load_smollm2
 
@@ -26,7 +28,8 @@ for template in templates:
     sweep = tvl.layer_sweep(model, vec, task, template=template, progress=False)
     result = tvl.evaluate(model, task, ["no_context", "base", "patch"], vector=vec, layer=sweep.best,
                           max_new_tokens=6, template=template, progress=False)
-    table = result.table()[[task.name]].join(result.table("exact_match")[[task.name]], rsuffix=" (exact)")
+    table = pd.DataFrame({"first token": result.table()[task.name],
+                          "exact match": result.table("exact_match")[task.name]})
     print(f"best val layer {sweep.best}")
     print(table.round(2).to_string())
     patched = result.predictions.query("method == 'patch'")
