@@ -171,12 +171,12 @@ def hooked_ref():
 
 
 @torch.no_grad()
-def test_reduced_demo_protocol_end_to_end(hooked_ref):
+def test_reduced_demo_protocol_end_to_end(hooked_ref, tmp_path):
     """The demo's protocol on one task and few items: recognition through the hooked pipeline, the full Table-3
     layout, and a text-ICL vector that changes the image query's run exactly from the patched layer and position on."""
     import tv_lens as tvl
     from tv_lens import prompts as P
-    from tv_lens.demo import ROW_NAMES, run_protocol
+    from tv_lens.demo import ROW_NAMES, run_protocol, write_report
 
     model = hooked_ref
     task = tvl.tasks.load("country-capital", n_val=6, n_test=8).with_images()
@@ -199,6 +199,11 @@ def test_reduced_demo_protocol_end_to_end(hooked_ref):
     assert len(predictions) == 6 * 8 and set(predictions.method) == set(methods)
     assert set(best) == {"xpatch", "patch"} and all(0 <= layer < 30 for layer in best.values())
     assert len(sweeps["xpatch"].scores) == 30
+    report = write_report(tmp_path, tables, best, sweeps, {"sweep": tvl.plot.sweep(sweeps["xpatch"])}, {"t": 1})
+    html = report.read_text()
+    assert "exact match" in html and html.count("<table") == 2 and "plotly" in html
+    for name in ("table3.csv", "table3_exact_match.csv", "predictions.csv", "sweep_xpatch.csv", "sweep_patch.csv"):
+        assert (tmp_path / name).stat().st_size > 0
 
     # the text-ICL vector on image queries: same activations before the patched layer and before the delimiter
     # at every layer, different from the delimiter on at the patched layer and after
