@@ -339,6 +339,44 @@ def test_image_icl_positions_in_every_family(family):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_cross_modal_patches_in_every_family(family, llama):
+    """Text vector -> image queries, image vector -> text queries, LLM (tiny Llama) vector -> VLM queries: each patch
+    lands on the query's delimiter (the ``A:`` colon), holds the vector there, and changes the answer logits."""
+    tiny = tiny_model(family)
+    model = tiny.hooked()
+    items = [dict(input=f"c{i}", output=f"d{i}", image=random_image(*tiny.image_size, seed=i)) for i in range(6)]
+    layer = 1
+    name = f"blocks.{layer}.hook_resid_post"
+    llm_vec = tvl.transfer(tvl.extract_task_vector(llama, P.icl(items, n_shots=2), progress=False), to=model)
+    assert llm_vec.extra["transferred_to"] == model.cfg.model_name
+    cases = [("llm -> text query", llm_vec, P.queries(items[:2], "text"))]
+    if model.adapter.images_first:   # Fuyu: an image must come first, so image queries and image demos are refused
+        with pytest.raises(InputError):
+            P.encode(model, P.queries(items[:2], "image"))
+    else:
+        text_vec = tvl.extract_task_vector(model, P.icl(items, n_shots=2, modality="text"), progress=False)
+        image_vec = tvl.extract_task_vector(model, P.icl(items, n_shots=2, modality="image"), progress=False)
+        assert (text_vec.modality, image_vec.modality) == ("text", "image")
+        cases += [("text -> image query", text_vec, P.queries(items[:2], "image")),
+                  ("image -> text query", image_vec, P.queries(items[:2], "text")),
+                  ("llm -> image query", llm_vec, P.queries(items[:2], "image"))]
+    for label, vec, queries in cases:
+        batch = P.encode(model, queries)
+        clean = model(batch)
+        delimiter = resolve("delimiter", model.positions(batch))
+        tokens = model.to_str_tokens(batch["input_ids"])
+        for row in range(2):
+            d = int(delimiter[row])
+            assert tokens[row][d].strip() == ":" and tokens[row][d - 1].strip() == "A", (family, label)
+        logits, cache = model.run_with_cache(batch, names_filter=name,
+                                             fwd_hooks=[(name, patch(vec[layer], at="delimiter"))])
+        held = cache[name][torch.arange(2), delimiter]
+        torch.testing.assert_close(held, vec[layer].expand(2, -1).to(held.dtype), msg=f"{family}: {label}")
+        assert (logits[:, -1] - clean[:, -1]).abs().max() > 1e-4, (family, label)
+
+
+@torch.no_grad()
 def test_generate_inside_hooks_block_patches_the_prompt_only(llama):
     queries = P.queries(_items())[:3]
     vec = torch.randn(llama.cfg.d_model) * 3
