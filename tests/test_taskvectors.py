@@ -288,6 +288,14 @@ def test_sweep_fast_path_equals_repeated_batches(llama):
     assert fast[2] == [llama.to_string(t[None]) for t in logits[:, -1].argmax(-1)]
 
 
+@torch.no_grad()
+def test_sweep_seed_column_is_the_vectors_seed(llama):
+    vecs = [tvl.extract_task_vector(llama, P.icl(_items(), n_shots=2, seed=s), seed=s, progress=False) for s in (5, 7)]
+    assert sorted(tvl.layer_sweep(llama, vecs, _items(), progress=False).scores["seed"].unique()) == [5, 7]
+    unseeded = [dataclasses.replace(v, seed=None) for v in vecs]
+    assert sorted(tvl.layer_sweep(llama, unseeded, _items(), progress=False).scores["seed"].unique()) == [0, 1]
+
+
 def test_evaluate_methods_table_and_sweep(llava):
     items = _items(with_images=True)
     text_vec = tvl.extract_task_vector(llava, P.icl(items, n_shots=2, modality="text"), progress=False)

@@ -355,7 +355,6 @@ def cmd_sweep(args) -> int:
                              template=args.template)
         frame = result.scores.assign(n=len(task.val), query_modality=args.query_modality,
                                      vector_modality=vectors[0].modality, shard=_shard_label(args.shard))
-        frame["seed"] = [vectors[i].seed if vectors[i].seed is not None else i for i in frame["seed"]]
         frames.append(frame)
     return _finish_sweep(pd.concat(frames, ignore_index=True), _out_path(args, "sweep.csv"),
                          partial=args.shard is not None)

@@ -287,7 +287,9 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
             use the one the vector's source prompts were written in.
 
     Returns:
-        :class:`SweepResult` — best layer = argmax of accuracy averaged over seeds then tasks (ties: lowest).
+        :class:`SweepResult` — best layer = argmax of accuracy averaged over seeds then tasks (ties: lowest). Its
+        ``seed`` column holds each vector's own ``seed`` when the vectors of a task all have distinct ones, else
+        the vector's index in the list.
     """
     per_task = items if isinstance(items, dict) else {getattr(items, "name", "task"): items}
     per_task_vectors = vector if isinstance(vector, dict) else {name: vector for name in per_task}
@@ -299,14 +301,16 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
         vecs = per_task_vectors[task_name]
         vecs = list(vecs) if isinstance(vecs, (list, tuple)) else [vecs]
         prompts = queries(query_items, modality=query_modality, template=template)
-        for seed_index, vec in enumerate(vecs):
+        own_seeds = [vec.seed for vec in vecs]
+        labels = own_seeds if None not in own_seeds and len(set(own_seeds)) == len(vecs) else range(len(vecs))
+        for seed_label, vec in zip(labels, vecs):
             vec.check_compatible(model)
             sweep_layers = list(vec.layers) if layers is None else [model.layer_index(l) for l in layers]
             first = _sweep_first_tokens(model, prompts, vec, sweep_layers, mode, max_rows, progress,
                                         desc=f"sweep {task_name}")
             for g, layer in enumerate(sweep_layers):
                 for i, p in enumerate(prompts):
-                    rows.append({"task": task_name, "seed": seed_index, "layer": layer, "query": p.query_input,
+                    rows.append({"task": task_name, "seed": seed_label, "layer": layer, "query": p.query_input,
                                  "correct": first_token_correct(first[g][i], p.label, case_sensitive)})
     items_df = pd.DataFrame(rows)
     scores = items_df.groupby(["task", "seed", "layer"], as_index=False)["correct"].mean().rename(
