@@ -179,6 +179,13 @@ def memory_row(model, batch, name: str) -> None:
     full, one = cache_bytes(), cache_bytes(positions="last")
     ROWS.append((name, "cache bytes: one position / full sequence", full, one, "bytes, not seconds", {}))
     print(f"{name:>14} | cache bytes, one position / full sequence: {one} / {full} = {one / full:.4f}")
+    if name == "SmolLM2-135M":   # peak process memory, each variant in a fresh subprocess (peak_memory.py)
+        import peak_memory
+
+        peak = peak_memory.main()
+        full_peak, one_peak = peak["full"]["peak_increase"], peak["one"]["peak_increase"]
+        ROWS.append((name, "peak memory bytes added by the cache: one position / full sequence", full_peak, one_peak,
+                     "bytes, not seconds; fresh subprocess each", {}))
 
 
 @torch.no_grad()
