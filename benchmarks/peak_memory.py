@@ -3,7 +3,7 @@
     python benchmarks/peak_memory.py
 
 Each variant runs in its own fresh subprocess: load the model, run the plain forward twice (this sets the peak of
-everything that is not the cache), read the peak resident set size, then cache ``hook_resid_post`` of every layer
+everything that is not the cache), read the peak resident set size (``VmHWM``, Linux), then cache ``hook_resid_post`` of every layer
 (full sequence, or one position per row) and read the peak again. The increase is what the cache adds at its peak.
 Linux reports the peak in KiB. The children run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the
 resident set (see ``measure``).
@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 import tv_lens as tvl
 from tv_lens import prompts as P
 from tv_lens.models import load_smollm2
@@ -27,12 +27,15 @@ model = tvl.HookedMultimodalModel.from_hf(hf, tokenizer=tok)
 task = tvl.tasks.load("country-capital")
 batch = P.encode(model, P.icl(task.val[:8], n_shots=5, pool=task.train))
 model(batch); model(batch)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_bytes():  # VmHWM: this process's own high-water mark (ru_maxrss would carry the parent's across exec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+before = peak_bytes()
 keep = None if sys.argv[1] == "full" else "last"
 _, cache = model.run_with_cache(batch, names_filter="blocks.*.hook_resid_post", positions=keep)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_bytes()
 cached = sum(t.numel() * t.element_size() for t in cache.values())
-print(json.dumps({"peak_increase": (after - before) * 1024, "cache_bytes": cached,
+print(json.dumps({"peak_increase": after - before, "cache_bytes": cached,
                   "shape": list(batch["input_ids"].shape)}))
 """
 
