@@ -281,7 +281,8 @@ def main() -> int:
     items = [dict(input=f"x{i}", output=f"y{i}", image=random_image(32, 32, i)) for i in range(8)]
     vbatch = P.encode(llava, P.icl(items, n_shots=3, modality="image"))
     peers = None if args.no_peers else build_peers(llava, dict(vbatch), lambda: copy.deepcopy(tiny.model))
-    forward_rows(llava, vbatch, "tiny LLaVA", repeats, peers)
+    # a 15 ms forward on a shared CPU is noisy: many more (cheap) repeats for a stable median
+    forward_rows(llava, vbatch, "tiny LLaVA", repeats * 20, peers)
 
     lines = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
              f"python {platform.python_version()}", "",
