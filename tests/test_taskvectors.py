@@ -120,6 +120,11 @@ def test_chat_template_variant(llama):
         assert int(resolve("delimiter", pos)[0]) == int(pos.last[0])
         rendered = llama.to_string(batch["input_ids"][0])
         assert "<|assistant|>" in rendered
+        # the template's label prefix is layout, not answer: assistant turns hold the bare label
+        spaced = P.icl(_items(), n_shots=2, seed=0, chat=True, template="qa_space")[0]
+        rendered = llama.to_string(P.encode(llama, [spaced])["input_ids"][0])
+        for label in spaced.demo_labels:
+            assert f"<|assistant|>{label}\n" in rendered
     finally:
         llama.tokenizer.chat_template = None
 

@@ -25,6 +25,9 @@ from .prompts import icl
 from .tasks import list_tasks, load
 from .vectors import extract_task_vector
 
+#: Tokens generated per answer in the demo (exact match needs the whole label).
+MAX_NEW_TOKENS = 8
+
 ROW_NAMES = {
     "majority": "Random (majority label)",
     "no_context": "No Context",
@@ -45,7 +48,7 @@ def load_model() -> HookedMultimodalModel:
 
 @torch.no_grad()
 def run_protocol(model, task_names, n_val: int, n_test: int, n_shots: int = 5, seed: int = 0,
-                 batch_size: int = 16, max_new_tokens: int = 8, template: str = "qa",
+                 batch_size: int = 16, max_new_tokens: int = MAX_NEW_TOKENS, template: str = "qa",
                  log=print) -> tuple[dict, dict, dict]:
     """Table 3 on image queries.
 
@@ -128,7 +131,7 @@ def run_demo(args) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print("\nTable 3 on the reference VLM (image queries, first-token accuracy):")
         print(tables["accuracy"].round(2).to_string())
-        print("\nSame runs, exact match of the whole greedy answer (up to 8 tokens):")
+        print(f"\nSame runs, exact match of the whole greedy answer (up to {MAX_NEW_TOKENS} tokens):")
         print(tables["exact_match"].round(2).to_string())
     print(f"Patch layers (val): {best}")
     task = load("country-capital", n_val=n_val, n_test=n_test).with_images()

@@ -883,18 +883,22 @@ class HookedMultimodalModel(HookedRootModule):
 
         return run
 
+    def _forward_params(self) -> frozenset[str]:
+        """Names the HF forward accepts (looked up once per model)."""
+        params = self.__dict__.get("_forward_param_names")
+        if params is None:
+            import inspect
+
+            params = frozenset(inspect.signature(self.hf_model.forward).parameters)
+            self.__dict__["_forward_param_names"] = params
+        return params
+
     def _cache_kwarg(self) -> str:
         """``cache`` (transformers ≥ 5.23) or ``past_key_values`` (earlier 5.x): the forward's KV-cache argument."""
-        import inspect
-
-        params = inspect.signature(self.hf_model.forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
+        return "cache" if "cache" in self._forward_params() else "past_key_values"
 
     def _keep_last(self) -> dict[str, int]:
-        import inspect
-
-        params = inspect.signature(self.hf_model.forward).parameters
-        return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        return {"logits_to_keep": 1} if "logits_to_keep" in self._forward_params() else {}
 
     @torch.no_grad()
     def generate(self, inputs: Any, max_new_tokens: int = 10,

@@ -324,7 +324,7 @@ def _render_chat(model, prompt: Prompt, placeholder: str | None) -> tuple[str, d
             user = ""
             answer = next(piece_iter, None)
             if isinstance(answer, str):
-                turns.append({"role": "assistant", "content": answer.strip()})
+                turns.append({"role": "assistant", "content": answer[len(prompt.template.label_prefix):]})
                 next(piece_iter, None)  # the demo separator
     text = template_owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     marks: dict[str, list[int]] = {"answer": []}
