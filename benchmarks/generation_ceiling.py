@@ -18,7 +18,7 @@ import torch
 import tv_lens as tvl
 from tv_lens import hooks as H
 from tv_lens import prompts as P
-from tv_lens.models import load_smollm2
+from tv_lens.offline import load_smollm2
 
 
 def median_time(fn, n: int = 5) -> float:

@@ -38,7 +38,7 @@ def main() -> int:
         inputs, _ = two_prompts(tiny, hooked)
         a, b = diffs(tiny.model, hooked, inputs)
         print(f"| {family} | {a:.3g} | {b:.3g} |", flush=True)
-    from tv_lens.models import load_smollm2
+    from tv_lens.offline import load_smollm2
 
     hf, tok = load_smollm2()
     hooked = HookedMultimodalModel.from_hf(hf, tokenizer=tok)

@@ -20,7 +20,7 @@ CHILD = r"""
 import json, sys, torch
 import tv_lens as tvl
 from tv_lens import prompts as P
-from tv_lens.models import load_smollm2
+from tv_lens.offline import load_smollm2
 torch.set_grad_enabled(False)
 hf, tok = load_smollm2()
 model = tvl.HookedMultimodalModel.from_hf(hf, tokenizer=tok)

@@ -260,7 +260,7 @@ def main() -> int:
     repeats = 5 if args.quick else 15
     torch.manual_seed(0)
 
-    from tv_lens.models import load_smollm2
+    from tv_lens.offline import load_smollm2
     from tv_lens.testing import random_image, tiny_model
 
     hf, tokenizer = load_smollm2()

@@ -10,7 +10,7 @@ import time
 
 import tv_lens as tvl
 from tv_lens import heads
-from tv_lens.models import load_smollm2
+from tv_lens.offline import load_smollm2
 
 n_cie = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 k = int(sys.argv[2]) if len(sys.argv) > 2 else 10

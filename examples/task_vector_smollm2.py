@@ -13,7 +13,7 @@ import time
 import pandas as pd
 
 import tv_lens as tvl
-from tv_lens.models import load_smollm2
+from tv_lens.offline import load_smollm2
 
 templates = sys.argv[1:] or ["qa", "qa_space"]
 hf_model, tokenizer = load_smollm2()

@@ -59,7 +59,7 @@ def test_cached_resid_post_equals_hf_hidden_states(family):
                                    atol=1e-6, rtol=0)
     # transformers stores the FINAL hidden state after the final norm.
     torch.testing.assert_close(cache["ln_final.hook_normalized"], ref.hidden_states[n], atol=1e-6, rtol=0)
-    torch.testing.assert_close(hooked.unembed(cache[f"blocks.{n - 1}.hook_resid_post"]), ref.logits,
+    torch.testing.assert_close(hooked.unembed(hooked.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"])), ref.logits,
                                atol=1e-4, rtol=1e-4)
     assert hooked._torch_handles == {}, "caching hooks must be gone after the run"
 
@@ -147,8 +147,8 @@ def test_positions_filter_keeps_only_requested(family):
     _, last = hooked.run_with_cache(inputs, names_filter="blocks.*.hook_resid_post", positions="last")
     _, some = hooked.run_with_cache(inputs, names_filter="blocks.0.hook_resid_post", positions=[-1, -3])
     for name in full.keys():
-        assert last[name].shape == (2, hooked.cfg.d_model)
-        torch.testing.assert_close(last[name], full[name][:, -1])
+        assert last[name].shape == (2, 1, hooked.cfg.d_model)   # a one-position cache keeps its position axis
+        torch.testing.assert_close(last[name], full[name][:, -1:])
     assert some["blocks.0.hook_resid_post"].shape == (2, 2, hooked.cfg.d_model)
     torch.testing.assert_close(some["blocks.0.hook_resid_post"][:, 1], full["blocks.0.hook_resid_post"][:, -3])
 
@@ -159,7 +159,7 @@ def test_stop_at_layer_runs_no_later_layer(family):
     inputs = _batch(family)
     ran = []
     handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
-               for i, layer in enumerate(hooked._layers)]
+               for i, layer in enumerate(hooked._mods.layers)]
     try:
         logits, cache = hooked.run_with_cache(inputs, names_filter="blocks.*.hook_resid_post", stop_at_layer=2)
     finally:

@@ -231,7 +231,7 @@ def test_gemma3_text_causal_lm():
                                    cache[b + "hook_resid_mid"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"],
                                    cache[b + "hook_resid_post"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(hooked.unembed(cache[f"blocks.{n - 1}.hook_resid_post"]), ref.logits,
+    torch.testing.assert_close(hooked.unembed(hooked.ln_final(cache[f"blocks.{n - 1}.hook_resid_post"])), ref.logits,
                                atol=1e-4, rtol=1e-4)
 
 

@@ -45,7 +45,7 @@ def test_head_results_sum_to_the_attention_output(name):
     inputs, _ = two_prompts(tiny, hooked)
     layer, n_heads, d_head = 1, hooked.cfg.n_heads, hooked.cfg.d_head
     projected = {}
-    handle = hooked._o_proj_modules[layer].register_forward_hook(lambda m, a, out: projected.setdefault("out", out))
+    handle = hooked._mods.o_proj[layer].register_forward_hook(lambda m, a, out: projected.setdefault("out", out))
     try:
         logits, cache = hooked.run_with_cache(inputs, names_filter=[f"blocks.{layer}.attn.hook_{k}" for k in
                                                                     ("z", "result", "pattern")]
@@ -57,10 +57,10 @@ def test_head_results_sum_to_the_attention_output(name):
     z, result = cache["z", layer], cache["result", layer]
     batch, seq = inputs["input_ids"].shape
     assert z.shape == (batch, seq, n_heads, d_head) and result.shape == (batch, seq, n_heads, hooked.cfg.d_model)
-    bias = hooked.b_O(layer)
+    bias = hooked.blocks[layer].attn.b_O
     total = result.sum(-2) + (0 if bias is None else bias)
     torch.testing.assert_close(total, projected["out"], atol=1e-5, rtol=1e-5)
-    if hooked._attn_modules[layer] is hooked._attention_modules[layer]:
+    if hooked._mods.attn_out[layer] is hooked._mods.attention[layer]:
         torch.testing.assert_close(total, cache["attn_out", layer], atol=1e-5, rtol=1e-5)
     else:
         # Sandwich norms (Gemma 3): the residual receives norm(o_proj(z)), so the heads sum to the o_proj output.
@@ -101,7 +101,7 @@ def test_pattern_needs_eager_and_is_read_only():
     hooked = tiny.hooked()
     inputs = hooked.prepare(["Q:France\nA:Paris", "Q:Peru\nA:"])
     _, cache = hooked.run_with_cache(inputs, names_filter="blocks.0.attn.hook_pattern", positions="last")
-    assert cache["pattern", 0].shape == (2, hooked.cfg.n_heads, inputs["input_ids"].shape[1])
+    assert cache["pattern", 0].shape == (2, hooked.cfg.n_heads, 1, inputs["input_ids"].shape[1])
     with pytest.raises(IncompatibleArgumentsError, match="read, not patched"):
         hooked.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: p * 0.5)])
     assert hooked._torch_handles == {}
@@ -208,7 +208,7 @@ def test_function_vector_is_the_mean_head_result(llama, icl):
     fv = H.function_vector(llama, means, heads, task="toy")
     _, cache = llama.run_with_cache(P.encode(llama, prompts), names_filter="blocks.*.attn.hook_result",
                                     positions="last")
-    expected = sum(cache["result", layer][:, head].mean(0) for layer, head in heads)
+    expected = sum(cache["result", layer][:, 0, head].mean(0) for layer, head in heads)
     assert fv.kind == "function_vector" and fv.layers == list(range(llama.cfg.n_layers))
     assert fv.extra["heads"] == [list(h) for h in heads]
     for layer in fv.layers:

@@ -37,7 +37,7 @@ def _manual_logits(built, resid):
 def _resid_last(hooked, prompts, layer):
     name = f"blocks.{layer}.hook_resid_post"
     _, cache = hooked.run_with_cache(tvl.prompts.encode(hooked, prompts), names_filter=name, positions="last")
-    return cache[name]
+    return cache[name][:, 0]
 
 
 # ---------------------------------------------------------------------------------------------- logit lens
@@ -58,7 +58,7 @@ def test_logit_lens_at_last_layer_is_the_models_next_token_distribution(tiny, pr
     batch = tvl.prompts.encode(hooked, prompts)
     last = hooked.cfg.n_layers - 1
     logits, cache = hooked.run_with_cache(batch, names_filter=f"blocks.{last}.hook_resid_post", positions="last")
-    probs = lens.logit_lens(hooked, cache["resid_post", last], output="probs")
+    probs = lens.logit_lens(hooked, cache["resid_post", last][:, 0], output="probs")
     torch.testing.assert_close(probs, logits[:, -1].softmax(-1), atol=1e-6, rtol=1e-5)
 
 
@@ -385,7 +385,7 @@ def test_smollm2_lens_reproduces_next_token_distribution_and_phase_sums(smollm2)
     last = model.cfg.n_layers - 1
     logits, cache = model.run_with_cache(batch, names_filter=f"blocks.{last}.hook_resid_post", positions="last")
     model_probs = logits[:, -1].float().softmax(-1)
-    lens_probs = lens.logit_lens(model, cache["resid_post", last], output="probs")
+    lens_probs = lens.logit_lens(model, cache["resid_post", last][:, 0], output="probs")
     torch.testing.assert_close(lens_probs, model_probs, atol=1e-5, rtol=1e-4)
 
     with warnings.catch_warnings():

@@ -21,7 +21,7 @@ def test_parity_and_unembed_on_real_weights(smollm2):
     assert n == 30 and smollm2.cfg.d_model == 576
     for layer in range(n - 1):
         assert torch.equal(cache["resid_post", layer], ref.hidden_states[layer + 1])
-    torch.testing.assert_close(smollm2.unembed(cache["resid_post", n - 1]), logits, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(smollm2.unembed(smollm2.ln_final(cache["resid_post", n - 1])), logits, atol=1e-4, rtol=1e-5)
     assert smollm2.to_string(logits[0, -1].argmax(-1, keepdim=True)) == "Rome"
 
 

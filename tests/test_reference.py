@@ -37,7 +37,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tv_lens.models import load_smollm2
+    from tv_lens.offline import load_smollm2
 
     return load_smollm2()
 

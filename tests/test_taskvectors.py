@@ -208,7 +208,7 @@ def test_extract_is_mean_of_cached_delimiter_vectors_and_stops_early(llama):
     assert vec.per_prompt.shape == (len(prompts), 2, llama.cfg.d_model)
     torch.testing.assert_close(vec.subsample(len(prompts))[0], vec[0], atol=1e-5, rtol=1e-5)
     ran = []
-    handle = llama._layers[2].register_forward_hook(lambda *a: ran.append(1))
+    handle = llama._mods.layers[2].register_forward_hook(lambda *a: ran.append(1))
     try:
         tvl.extract_task_vector(llama, prompts[:2], layers=[1], progress=False)
     finally:

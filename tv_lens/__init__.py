@@ -3,6 +3,7 @@
 from . import geometry, heads, hooks, lens, plot, positions, prompts, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
+from .offline import load_smollm2
 from .vectors import TaskVector, cosine_similarity, ensemble, extract_task_vector, instruction_vector, transfer
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "instruction_vector",
     "layer_sweep",
     "lens",
+    "load_smollm2",
     "plot",
     "positions",
     "prompts",

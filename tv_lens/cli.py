@@ -113,7 +113,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
                load_in_4bit: bool = False, trust_remote_code: bool = False) -> HookedMultimodalModel:
     """A ``HookedMultimodalModel`` from a hub id, a local folder, ``smollm2`` or ``reference`` (the offline VLM)."""
     if name.lower() in SMOLLM2_NAMES:
-        from .models import load_smollm2
+        from .offline import load_smollm2
 
         hf_model, tokenizer = load_smollm2(**({"dtype": _parse_dtype(dtype)} if dtype else {}))
         return HookedMultimodalModel.from_hf(hf_model.to(device) if device else hf_model, tokenizer=tokenizer)

@@ -54,3 +54,9 @@ class VectorError(TvLensError, ValueError):
 
 class TaskError(TvLensError, ValueError):
     """A task or data set that cannot be used: unknown name, empty split, empty label, malformed file."""
+
+
+# --- issue 13 ---
+class ConcurrentUseError(TvLensError, RuntimeError):
+    """A model called from a second thread while it runs in another: hooks, caches and position state live on the
+    model, so concurrent runs would mix them. Use one model per thread, or serialise the calls with a lock."""

@@ -303,10 +303,10 @@ def mean_head_activations(model, prompts: Sequence[Prompt], position: Any = "las
         batch = encode(model, prompts[start:start + batch_size])
         _, cache = model.run_with_cache(batch, names_filter=names, positions=position,
                                         stop_at_layer=layer_list[-1] + 1)
-        stacked = torch.stack([cache[name] for name in names], dim=1)   # [batch, layer, head, d_head]
-        if stacked.ndim != 4:
+        stacked = torch.stack([cache[name] for name in names], dim=1)   # [batch, layer, k, head, d_head]
+        if stacked.ndim != 5 or stacked.shape[2] != 1:
             raise InputError(f"Position {position!r} selects several tokens per prompt; head means need one.")
-        total += stacked.double().sum(0).cpu()
+        total += stacked[:, :, 0].double().sum(0).cpu()
     return HeadMeans(z=(total / len(prompts)).float(), layers=layer_list, model_name=model.cfg.model_name,
                      family=model.cfg.family, n_model_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads,
                      d_head=model.cfg.d_head, position=str(position), n_prompts=len(prompts),
@@ -468,7 +468,7 @@ def head_results(model, means: HeadMeans, heads: Sequence[Head]) -> Float[Tensor
     """Each head's mean contribution to the residual: ``means[l, h] @ W_O(l)[h]`` (= its mean ``hook_result``)."""
     heads = _as_heads(heads, model.cfg.n_layers, model.cfg.n_heads)
     means.check_compatible(model)
-    return torch.stack([means[layer, head].to(model.W_O(layer)) @ model.W_O(layer)[head]
+    return torch.stack([means[layer, head].to(model.blocks[layer].attn.W_O) @ model.blocks[layer].attn.W_O[head]
                         for layer, head in heads]).float().cpu()
 
 

@@ -7,8 +7,9 @@ A position spec is what a user passes as ``positions=`` / ``at=``:
 - a list/tuple of ints: several indices, the same in every row;
 - a ``LongTensor`` of shape ``[batch]`` or ``[batch, k]``: explicit per-row indices;
 - a name: ``"last"`` (last real token of each row), ``"image[j]"`` (the tokens of image ``j``; negative ``j``
-  counts from the last image), and the names that prompts add (``"delimiter"``, ``"delimiter[k]"``, ``"query"``;
-  see :mod:`tv_lens.prompts`).
+  counts from the last image), and the names that prompts add: ``"query_delimiter"`` (the query's ``A:``
+  delimiter; ``"delimiter"`` is an alias of it), ``"delimiter[k]"`` (the k-th DEMO's delimiter; task vectors are
+  read at ``"delimiter[-1]"``, the last demo's), ``"query"`` (see :mod:`tv_lens.prompts`).
 
 :func:`resolve` turns a spec into a ``LongTensor`` ``[batch]`` (one position per row) or ``[batch, k]``.
 """
@@ -35,19 +36,18 @@ class TokenPositions:
     Attributes:
         seq_len: padded sequence length.
         last: ``[batch]`` index of the last real token of each row (left-padding aware).
-        first: ``[batch]`` index of the first real token of each row (number of left pad tokens).
         images: per row, one ``LongTensor`` of token indices per image, in order. May be given as a zero-argument
             callable: it then runs on first access only, so text positions (``"last"``) never pay for image spans.
-        named: per row, extra named positions (``"delimiter"`` → list of indices, one per demo + query...),
+        named: per row, extra named positions (``"query_delimiter"`` → the query's delimiter, ``"delimiter[k]"``
+            → the k-th demo's...),
             filled in by :mod:`tv_lens.prompts`.
     """
 
-    def __init__(self, seq_len: int, last: Int[Tensor, " batch"], first: Int[Tensor, " batch"],
+    def __init__(self, seq_len: int, last: Int[Tensor, " batch"],
                  images: list[list[Tensor]] | Callable[[], list[list[Tensor]]],
                  named: list[dict[str, list[int]]] | None = None) -> None:
         self.seq_len = seq_len
         self.last = last
-        self.first = first
         self._images = images
         self.named = list(named) if named else []
 
@@ -138,7 +138,10 @@ def _resolve_name(spec: str, positions: TokenPositions) -> Tensor:
             raise PositionError(f"image[{index}] has different token counts across rows ({sorted(lengths)}); "
                                 "select rows with the same image size, or pass a per-row tensor.")
         return torch.stack([s.to(device) for s in spans])
-    key = {"delimiter": "final_delimiter" if index is None else "demo_delimiters"}.get(name, name)
+    if name == "query_delimiter" and index is not None:
+        raise PositionError("'query_delimiter' is one token; use 'delimiter[k]' for the k-th demo's delimiter.")
+    key = {"delimiter": "final_delimiter" if index is None else "demo_delimiters",
+           "query_delimiter": "final_delimiter"}.get(name, name)
     if positions.named and all(key in row for row in positions.named):
         if index is None and key != "final_delimiter":  # a whole span: "query"
             spans = [row[key] for row in positions.named]
@@ -154,7 +157,7 @@ def _resolve_name(spec: str, positions: TokenPositions) -> Tensor:
 def _known_names(positions: TokenPositions) -> str:
     names = ["last", "image[j]"]
     if any("final_delimiter" in row for row in positions.named):
-        names += ["delimiter", "delimiter[k]"]
+        names += ["query_delimiter (alias: delimiter)", "delimiter[k]"]
     if any("query" in row for row in positions.named):
         names += ["query", "query[k]"]
     return "Known names: " + ", ".join(names) + "; or an int / list / LongTensor."

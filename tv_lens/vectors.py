@@ -244,9 +244,10 @@ def extract_task_vector(model, prompts: Sequence[Prompt], layers: str | int | Se
         batch = encode(model, prompts[start:start + batch_size])
         _, cache = model.run_with_cache(batch, names_filter=names, positions=position,
                                         stop_at_layer=layer_list[-1] + 1)
-        stacked = torch.stack([cache[name] for name in names], dim=1).float().cpu()  # [batch, layer, d]
-        if stacked.ndim != 3:
+        stacked = torch.stack([cache[name] for name in names], dim=1).float().cpu()  # [batch, layer, k, d]
+        if stacked.shape[2] != 1:
             raise VectorError(f"Position {position!r} selects several tokens per prompt; a task vector needs one.")
+        stacked = stacked[:, :, 0]
         total += stacked.double().sum(0)
         if per_prompt is not None:
             per_prompt.append(stacked)

@@ -76,6 +76,14 @@ class Adapter:
         o_proj: path(s), relative to a decoder layer, of the attention output projection (an ``nn.Linear`` or a
             GPT-2 ``Conv1D``): its input is the per-head outputs ``[batch, pos, n_heads * d_head]`` (``hook_z``) and
             its weight gives the per-head contributions (``hook_result``). ``None``: no head hooks.
+        q_proj / k_proj / v_proj: path(s), relative to a decoder layer, of the query/key/value projections
+            (``nn.Linear``, output ``[batch, pos, heads * d_head]``): ``attn.hook_q/k/v`` and ``W_Q/W_K/W_V``.
+            A family whose paths do not resolve has neither (they raise, naming this field).
+        qkv_proj: path(s) of a fused GPT-2-style ``Conv1D`` whose output is ``[q | k | v]`` (used when the
+            three separate projections are absent).
+        mlp_in / mlp_gate / mlp_down: path(s), relative to a decoder layer, of the MLP's input, gate and output
+            projections: ``W_in``, ``W_gate``, ``W_out``; the input of ``mlp_down`` is ``mlp.hook_post``.
+        pos_embed: path(s) to a learned absolute position embedding (``None``: rotary or none).
         image_features: path(s) to the module whose output is the projected image features (``None``: no hook).
         image_features_attr: the field of that module's output holding the features, for modules that return a
             ``ModelOutput`` (``"pooler_output"``); ``None``: the output itself (or its first element).
@@ -108,6 +116,14 @@ class Adapter:
     mlp_out: Paths = ("mlp",)
     attention: Paths = ("self_attn",)
     o_proj: Paths | None = ("self_attn.o_proj",)
+    q_proj: Paths | None = ("self_attn.q_proj",)
+    k_proj: Paths | None = ("self_attn.k_proj",)
+    v_proj: Paths | None = ("self_attn.v_proj",)
+    qkv_proj: Paths | None = None
+    mlp_in: Paths | None = ("mlp.up_proj",)
+    mlp_gate: Paths | None = ("mlp.gate_proj",)
+    mlp_down: Paths | None = ("mlp.down_proj",)
+    pos_embed: Paths | None = None
     image_features: Paths | None = None
     image_features_attr: str | None = None
     image_placeholder: str | None = None

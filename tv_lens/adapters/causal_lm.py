@@ -27,6 +27,10 @@ GPT2 = Adapter(
     mlp_out=("mlp",),
     attention=("attn",),
     o_proj=("attn.c_proj",),   # a Conv1D: its weight is [in, out]
+    q_proj=None, k_proj=None, v_proj=None,
+    qkv_proj=("attn.c_attn",),  # a Conv1D: [q | k | v]
+    mlp_in=("mlp.c_fc",), mlp_gate=None, mlp_down=("mlp.c_proj",),
+    pos_embed=("transformer.wpe",),
     notes="hook_embed is token + position embeddings (the residual entering block 0).",
 )
 

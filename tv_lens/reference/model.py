@@ -261,7 +261,7 @@ def load_reference_vlm(dtype: torch.dtype = torch.float32, weights_dir: Path | s
     """
     from safetensors.torch import load_file
 
-    from tv_lens.models import load_smollm2
+    from tv_lens.offline import load_smollm2
 
     weights_dir = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     meta = read_metadata(weights_dir)

@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from tv_lens.models import load_smollm2
+    from tv_lens.offline import load_smollm2
 
     args = parse_args(argv)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and torch.get_num_threads() > 1:

@@ -1,0 +1,174 @@
+"""Hook names and the hook API (``add_hook``, ``hooks()``, ``reset_hooks``), TransformerLens semantics, forward and
+backward alike: a hook point is bridged to its HF module while any hook function holds it (see :mod:`.sites`)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from transformer_lens.hook_points import HookPoint
+
+from ..errors import HookNameError, IncompatibleArgumentsError, LayerOutOfRangeError, PatchNotFiredError
+from .sites import bridges_of, points_of
+
+
+class _CountingBackwardHook:
+    """Wraps a backward hook function to count its calls: a backward hook that never fired is an error."""
+
+    def __init__(self, name: str, fn: Callable) -> None:
+        self.name, self.fn, self.fired = name, fn, 0
+        self.__wrapped__ = fn
+
+    def __call__(self, grad, hook):
+        self.fired += 1
+        return self.fn(grad, hook=hook)
+
+    def __repr__(self) -> str:
+        return f"backward hook {getattr(self.fn, '__name__', self.fn)!r} on {self.name}"
+
+
+class HookAPI:
+    """Mixin: hook names, name filters, attaching and removing hooks (forward and backward)."""
+
+    # ------------------------------------------------------------------ bridges
+    def _sync_site(self, hook_point: HookPoint) -> None:
+        for key in bridges_of(hook_point.name):
+            wanted = any(point.active for point in points_of(self, key))
+            installed = key in self._torch_handles
+            if wanted and not installed:
+                from .sites import BRIDGES
+
+                self._torch_handles[key] = BRIDGES[key[0]](self, key[1])
+            elif installed and not wanted:
+                for handle in self._torch_handles.pop(key):
+                    handle.remove()
+                if key[0] == "layer_pre":
+                    self._resid_pre_store.pop(key[1], None)
+
+    # ------------------------------------------------------------------ names
+    def hook_names(self) -> list[str]:
+        """All hook point names, in forward order."""
+        return list(self.hook_dict)
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.hook_dict:
+            raise HookNameError(name, self.hook_dict)
+
+    def _expand_names(self, names_filter: Any) -> list[str]:
+        """Hook names selected by a filter: ``None`` (all), a name, a glob (``blocks.*.hook_resid_post``),
+        a list of those, or a predicate ``str -> bool``."""
+        if names_filter is None:
+            return [n for n in self.hook_names() if self._cached_by_default(n)]
+        if callable(names_filter):
+            return self._drop_unavailable([n for n in self.hook_dict if names_filter(n)])
+        patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+        selected: list[str] = []
+        for pattern in patterns:
+            if any(ch in pattern for ch in "*?["):
+                matches = fnmatch.filter(self.hook_dict, pattern)
+                if not matches:
+                    raise HookNameError(pattern, self.hook_dict)
+                matches = self._drop_unavailable(matches)
+            else:
+                self._check_name(pattern)
+                matches = [pattern]
+            selected.extend(m for m in matches if m not in selected)
+        return selected
+
+    def _cached_by_default(self, name: str) -> bool:
+        if name.endswith("attn.hook_result"):
+            return False
+        return not (name.endswith("attn.hook_pattern") and self.attn_implementation != "eager")
+
+    def _drop_unavailable(self, names: list[str]) -> list[str]:
+        """Wildcards skip attention patterns a non-eager model cannot give, unless they select nothing else (then
+        attaching raises the error that names the fix)."""
+        kept = [n for n in names if self._cached_by_default(n) or n.endswith("attn.hook_result")]
+        return kept or names
+
+    def layer_index(self, layer: int) -> int:
+        """Normalise a layer index (negative counts from the end); raise if out of range."""
+        n = self.cfg.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise LayerOutOfRangeError(f"Layer must be an int, got {layer!r}.")
+        if not -n <= layer < n:
+            raise LayerOutOfRangeError(f"Layer {layer} is out of range: this model has {n} layers (0..{n - 1}).")
+        return layer % n
+
+    @property
+    def attn_implementation(self) -> str | None:
+        """The attention implementation the decoder layers run (``"eager"``, ``"sdpa"``...)."""
+        attention = self._mods.attention
+        config = getattr(attention[0], "config", None) if attention and attention[0] is not None else None
+        config = config or self.adapter.text_config(self.hf_model.config)
+        return getattr(config, "_attn_implementation", None)
+
+    def _check_pattern_available(self, ran: bool = False) -> None:
+        impl = self.attn_implementation
+        if ran or impl != "eager":
+            raise IncompatibleArgumentsError(
+                f"blocks.*.attn.hook_pattern needs the attention weights, which only eager attention returns; this "
+                f"model runs attn_implementation={impl!r}. Load it with attn_implementation=\"eager\" "
+                "(from_pretrained(..., attn_implementation=\"eager\")) or call "
+                "model.hf_model.set_attn_implementation(\"eager\"). hook_z and hook_result work with any.")
+
+    # ------------------------------------------------------------------ attaching
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
+        """Attach ``hook(tensor, hook=HookPoint) -> tensor | None`` to a hook point (TransformerLens semantics;
+        ``dir="bwd"`` attaches a backward hook that receives the gradient of that activation)."""
+        if dir not in ("fwd", "bwd"):
+            raise IncompatibleArgumentsError(f"dir={dir!r}: use 'fwd' or 'bwd'.")
+        if isinstance(name, str):
+            self._check_name(name)
+        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def remove_all_hook_fns(self, direction="both", including_permanent: bool = False, level=None) -> None:
+        """TransformerLens semantics; only the hook points that hold hooks are visited (a model has hundreds)."""
+        for point in self.hook_dict.values():
+            if point.fwd_hooks or point.bwd_hooks:
+                point.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
+        self._check_name(name)
+        super()._enable_hook_with_name(name, hook, dir)
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
+              bwd_hooks: Sequence[tuple[str | Callable, Callable]] = (), reset_hooks_end: bool = True,
+              clear_contexts: bool = False):
+        """Context manager: the hooks are attached inside the block and always removed on exit, even on error.
+
+        Backward hooks receive ``(grad, hook)`` when ``.backward()`` runs inside the block; one that never fired
+        by the end of the block raises :class:`~tv_lens.errors.PatchNotFiredError` (like a position hook that
+        never acted), since a gradient hook that saw nothing is a silent no-op.
+
+        Example::
+
+            with model.hooks([("blocks.16.hook_resid_post", tvl.hooks.patch(vec[16], at="delimiter"))]):
+                out = model.generate(image_query, max_new_tokens=5)
+            with model.hooks(bwd_hooks=[("blocks.2.hook_resid_post", save_grad)]):
+                model(tokens, return_type="loss").backward()
+        """
+        from ..hooks import PositionHook, check_fired
+
+        fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
+        for name, _ in fwd_hooks + bwd_hooks:
+            if isinstance(name, str):
+                self._check_name(name)
+        user_fns = [getattr(fn, "__wrapped__", fn) for _, fn in fwd_hooks]
+        for fn in user_fns:
+            if isinstance(fn, PositionHook):
+                fn.fired = 0
+        counted = [(name, fn if isinstance(fn, _CountingBackwardHook) else _CountingBackwardHook(str(name), fn))
+                   for name, fn in bwd_hooks]
+        with super().hooks(fwd_hooks, counted, reset_hooks_end, clear_contexts) as model:
+            yield model
+        check_fired(user_fns)
+        silent = [fn for _, fn in counted if fn.fired == 0]
+        if silent and reset_hooks_end:
+            raise PatchNotFiredError(
+                f"{len(silent)} backward hook(s) never fired: {silent[:3]}. Call .backward() on something that "
+                "depends on the hooked activation INSIDE the `with model.hooks(bwd_hooks=...)` block (hooks are "
+                "removed when it ends), with gradients enabled.")
