@@ -235,6 +235,9 @@ class Inputs:
                                 getattr(self.tokenizer, "bos_token_id", None), padding_side or "left")
             if mask is not None:
                 inputs = {**inputs, "attention_mask": mask}
+                if self._mods.pos_embed is not None and "position_ids" in self._forward_params():
+                    # learned absolute positions count real tokens only (as TransformerLens does for padding)
+                    inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         return extend_token_types(self._to_device(inputs))
 
     _as_inputs = as_inputs   # the name other modules used before the seam was public
