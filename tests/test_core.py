@@ -53,7 +53,8 @@ def test_cached_resid_post_equals_hf_hidden_states(family):
     n = hooked.cfg.n_layers
     assert (logits - ref.logits).abs().max() <= 1e-5
     assert len(ref.hidden_states) == n + 1
-    torch.testing.assert_close(cache["hook_embed"], ref.hidden_states[0], atol=1e-6, rtol=0)
+    embed = cache["hook_embed"] + (cache["hook_pos_embed"] if "hook_pos_embed" in cache else 0)
+    torch.testing.assert_close(embed, ref.hidden_states[0], atol=1e-6, rtol=0)
     for layer in range(n - 1):
         torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_post"], ref.hidden_states[layer + 1],
                                    atol=1e-6, rtol=0)

@@ -70,7 +70,9 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
     """A Hugging Face VLM or causal LM with TransformerLens hook points, weights and habits.
 
     Hook points (``model.hook_names()`` lists them; docs/concepts.md shows the site table): ``hook_embed`` (the
-    residual entering block 0, after image features are merged in), ``hook_image_features`` (projector output,
+    residual entering block 0, after image features are merged in; in families with a learned position table,
+    GPT-2, the token embedding alone, and ``hook_pos_embed`` the position embedding, as in TransformerLens),
+    ``hook_image_features`` (projector output,
     ``[n_images, n_image_tokens, d_model]``, multimodal families only), per decoder layer ``l``:
     ``blocks.{l}.hook_resid_pre``, ``hook_resid_mid``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post``
     (= HF ``hidden_states[l + 1]``), ``attn.hook_q/k/v`` (projections before rotary, ``[batch, pos, head, d_head]``,
@@ -121,6 +123,8 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         )
 
         self.hook_embed = BridgedHookPoint()
+        if mods.pos_embed is not None:
+            self.hook_pos_embed = BridgedHookPoint()
         if mods.image_features is not None:
             self.hook_image_features = BridgedHookPoint()
         self._head_hooks = self._has_head_hooks()
@@ -130,6 +134,7 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         self.setup()
         # HookedRootModule.setup walks every module, HF ones included; keep only our own names.
         self.mod_dict = {k: v for k, v in self.mod_dict.items() if not k.startswith("hf_model")}
+        self.hook_dict = {k: v for k, v in self.hook_dict.items() if not k.startswith("hf_model")}
         self._torch_handles: dict[tuple, list] = {}
         self._resid_pre_store: dict[int, torch.Tensor] = {}
         self.__dict__["_use_guard"] = threading.Lock()

@@ -34,7 +34,7 @@ class HookAPI:
 
     # ------------------------------------------------------------------ bridges
     def _sync_site(self, hook_point: HookPoint) -> None:
-        for key in bridges_of(hook_point.name):
+        for key in bridges_of(self, hook_point.name):
             wanted = any(point.active for point in points_of(self, key))
             installed = key in self._torch_handles
             if wanted and not installed:

@@ -51,6 +51,7 @@ class Site:
 
 SITES: tuple[Site, ...] = (
     Site("hook_embed", "layers", "pre", "rw", False, "layer_pre", False, "batch pos d_model"),
+    Site("hook_pos_embed", "pos_embed", "post", "rw", False, "pos_embed", False, "batch pos d_model"),
     Site("hook_image_features", "image_features", "post", "rw", False, "image_features", False,
          "n_images image_pos d_model"),
     Site("hook_resid_pre", "layers", "pre", "rw", False, "layer_pre", True, "batch pos d_model"),
@@ -135,13 +136,22 @@ def _read_only(point: HookPoint, value: Tensor, fix: str) -> None:
         raise IncompatibleArgumentsError(f"{point.name} can be read, not patched: {fix}")
 
 
+def _bridge(model: HookedMultimodalModel, site: Site) -> str:
+    """A site's bridge kind on this model: with a learned position table (GPT-2), ``hook_embed`` is the token
+    embedding alone and ``hook_pos_embed`` the position embedding (TransformerLens semantics); otherwise
+    ``hook_embed`` is the residual entering block 0 (after image features are merged in)."""
+    if site.suffix == "hook_embed" and model._mods.pos_embed is not None:
+        return "embed"
+    return site.bridge
+
+
 def _points(model: HookedMultimodalModel, bridge: str, layer: int | None) -> list[BridgedHookPoint]:
     """The hook points a bridge serves, in the order the forward pass reaches them."""
     out = []
     for site in SITES:
-        if site.bridge != bridge:
+        if _bridge(model, site) != bridge:
             continue
-        if site.suffix == "hook_embed" and layer != 0:
+        if site.suffix == "hook_embed" and bridge == "layer_pre" and layer != 0:
             continue
         name = f"blocks.{layer}.{site.suffix}" if site.per_layer else site.suffix
         point = model.hook_dict.get(name)
@@ -355,13 +365,16 @@ BRIDGES: dict[str, Callable[[Any, int | None], list]] = {
     "result": _result,
     "final_norm": _final_norm,
     "image_features": _image_features,
+    "embed": _simple("embed_tokens", "hook_embed"),
+    "pos_embed": _simple("pos_embed", "hook_pos_embed"),
 }
 
 
-def bridges_of(name: str) -> list[tuple[str, int | None]]:
+def bridges_of(model: HookedMultimodalModel, name: str) -> list[tuple[str, int | None]]:
     """The bridges a hook point needs (``hook_resid_mid`` needs the layer's input too)."""
     site, layer = split_name(name)
-    keys = [(site.bridge, layer if site.per_layer else (0 if site.suffix == "hook_embed" else None))]
+    bridge = _bridge(model, site)
+    keys = [(bridge, layer if site.per_layer else (0 if bridge == "layer_pre" else None))]
     if site.suffix == "hook_resid_mid":
         keys.insert(0, ("layer_pre", layer))
     return keys
