@@ -315,3 +315,12 @@ def test_two_threads_at_once_raise_concurrent_use_error(llama):
         raise errors[0]
     with torch.no_grad():
         llama("Q:b\nA:")   # free again once the first call returned
+
+
+def test_concepts_page_shows_the_site_table_generated_from_the_table():
+    from pathlib import Path
+
+    from tv_lens.core import site_table_markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
+    assert site_table_markdown() in page

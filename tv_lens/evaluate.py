@@ -26,7 +26,6 @@ answer up to the first newline.
 from __future__ import annotations
 
 import html
-import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -384,13 +383,6 @@ def sample_efficiency(model, vector: TaskVector, items: Any, layer: int, sizes: 
                 rows.append({"r": r, "repeat": rep, "method": method,
                              "accuracy": float(res.scores["accuracy"].iloc[0])})
     return pd.DataFrame(rows)
-
-
-def shuffled(items: Sequence, seed: int = 0) -> list:
-    """A copy of ``items`` in a seeded random order."""
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    return items
 
 
 __all__ = ["EvalResult", "METHODS", "SweepResult", "best_layer", "evaluate", "exact_match", "first_token_correct",

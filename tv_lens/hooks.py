@@ -70,8 +70,6 @@ def current_index(at: Any, row_mask: Tensor | None = None) -> Tensor:
 class PositionHook:
     """Base class: a hook acting at ``at`` on rows ``rows`` (all by default); counts how often it fired."""
 
-    must_fire = True
-
     def __init__(self, at: Any, rows: Tensor | None = None) -> None:
         self.at = at
         self.rows = rows
@@ -193,7 +191,7 @@ def record(store: MutableMapping | list, at: Any = "last", rows: Tensor | None =
 
 def check_fired(hook_fns: list[Callable]) -> None:
     """Raise :class:`PatchNotFiredError` for position hooks that never acted."""
-    silent = [fn for fn in hook_fns if isinstance(fn, PositionHook) and fn.must_fire and fn.fired == 0]
+    silent = [fn for fn in hook_fns if isinstance(fn, PositionHook) and fn.fired == 0]
     if silent:
         raise PatchNotFiredError(
             f"{len(silent)} hook(s) never fired: {silent[:3]}. Their hook point did not run (a layer past "

@@ -412,11 +412,6 @@ def _align(plain: list[int], full: list[int]) -> dict[int, int]:
     return mapping
 
 
-def with_label(prompt: Prompt, label: str) -> Prompt:
-    """A copy of ``prompt`` with another label (e.g. for shuffled-label controls)."""
-    return replace(prompt, label=label)
-
-
 def shuffle_labels(prompts: Prompt | Sequence[Prompt], seed: int = 0) -> list[Prompt]:
     """Copies of ICL prompts whose demo labels are permuted among their demos (Todd et al.'s corrupted prompts):
     the demos no longer show the input→output mapping, the query and its label stay.
@@ -465,5 +460,4 @@ __all__ = [
     "query",
     "sample_demos",
     "shuffle_labels",
-    "with_label",
 ]
