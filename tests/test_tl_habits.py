@@ -324,3 +324,30 @@ def test_concepts_page_shows_the_site_table_generated_from_the_table():
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
     assert site_table_markdown() in page
+
+
+@torch.no_grad()
+def test_image_prompt_goes_through_every_entry_point_with_images():
+    """``run_with_cache("Q:<image>\\nA:", images=[img])`` works without ``prepare``; to_tokens / to_str_tokens show
+    the expanded image tokens the model really sees."""
+    from tv_lens.testing import random_image
+    from tv_lens.testing.llava import build_llava
+
+    torch.manual_seed(0)
+    tiny = build_llava()
+    vlm = tvl.HookedMultimodalModel.from_hf(tiny.model, processor=tiny.processor)
+    img = random_image(*tiny.image_size)
+    text = f"Q:{vlm.image_placeholder}\nA:"
+    logits, cache = vlm.run_with_cache(text, images=[img], names_filter="blocks.0.hook_resid_post")
+    torch.testing.assert_close(vlm(text, images=[img]), logits)
+    torch.testing.assert_close(vlm.run_with_hooks(text, images=[img]), logits)
+    torch.testing.assert_close(vlm(vlm.prepare(text, images=[img])), logits)
+    tokens = vlm.to_tokens(text, images=[img])
+    span = vlm.positions(text, images=[img]).images[0][0]
+    assert span.numel() > 1 and bool((tokens[0, span] == vlm.cfg.image_token_id).all())
+    str_tokens = vlm.to_str_tokens(text, images=[img])
+    assert len(str_tokens) == tokens.shape[1] and str_tokens.count(str_tokens[int(span[0])]) >= span.numel()
+    out = vlm.generate(text, images=[img], max_new_tokens=2)
+    assert out.shape[1] == tokens.shape[1] + 2
+    with pytest.raises(InputError, match="placeholder"):
+        vlm(text)   # an image placeholder with no image says so

@@ -1,40 +1,30 @@
 """Family adapters: one short declarative file per model family.
 
 To add a family, write ``tv_lens/adapters/<family>.py`` declaring an :class:`Adapter` in a module-level
-``ADAPTERS`` list, and add the module name to ``_FAMILY_MODULES`` (or call :func:`register_adapter` at run time).
+``ADAPTERS`` list: that file is the one place a family is registered (every module of this package but ``base``
+is read), or call :func:`register_adapter` at run time.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, contiguous_runs, resolve_path
 
-_FAMILY_MODULES = (
-    "causal_lm",
-    "llava",
-    "llava_next",
-    "idefics2",
-    "idefics3",
-    "fuyu",
-    "qwen2_vl",
-    "gemma3",
-)
+def _family_modules() -> list[str]:
+    """Every family module of this package (all but ``base``), found on disk: adding the file registers it."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
 
 _REGISTRY: dict[str, Adapter] = {}
 
 
 def _load_registry() -> dict[str, Adapter]:
     if not _REGISTRY:
-        for module_name in _FAMILY_MODULES:
-            try:
-                module = importlib.import_module(f"{__name__}.{module_name}")
-            except ModuleNotFoundError as err:
-                if err.name == f"{__name__}.{module_name}":
-                    continue
-                raise
-            for adapter in module.ADAPTERS:
+        for module_name in _family_modules():
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            for adapter in getattr(module, "ADAPTERS", ()):
                 register_adapter(adapter)
     return _REGISTRY
 

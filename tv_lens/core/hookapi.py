@@ -140,6 +140,7 @@ class HookAPI:
               clear_contexts: bool = False):
         """Context manager: the hooks are attached inside the block and always removed on exit, even on error.
 
+        The block holds the model for the calling thread (another thread's call raises ``ConcurrentUseError``).
         Backward hooks receive ``(grad, hook)`` when ``.backward()`` runs inside the block; one that never fired
         by the end of the block raises :class:`~tv_lens.errors.PatchNotFiredError` (like a position hook that
         never acted), since a gradient hook that saw nothing is a silent no-op.
@@ -163,8 +164,8 @@ class HookAPI:
                 fn.fired = 0
         counted = [(name, fn if isinstance(fn, _CountingBackwardHook) else _CountingBackwardHook(str(name), fn))
                    for name, fn in bwd_hooks]
-        with super().hooks(fwd_hooks, counted, reset_hooks_end, clear_contexts) as model:
-            yield model
+        with self._exclusive(), super().hooks(fwd_hooks, counted, reset_hooks_end, clear_contexts) as model:
+            yield model   # the block holds the model for this thread: another thread's call raises
         check_fired(user_fns)
         silent = [fn for _, fn in counted if fn.fired == 0]
         if silent and reset_hooks_end:
