@@ -204,7 +204,7 @@ def test_extract_is_mean_of_cached_delimiter_vectors_and_stops_early(llama):
     vec = tvl.extract_task_vector(llama, prompts, layers=[0, 1], batch_size=3, keep_per_prompt=True, progress=False)
     _, cache = llama.run_with_cache(prompts, names_filter=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"],
                                     positions="delimiter[-1]")
-    torch.testing.assert_close(vec[1], cache["blocks.1.hook_resid_post"].mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vec[1], cache["blocks.1.hook_resid_post"][:, 0].mean(0), atol=1e-5, rtol=1e-5)
     assert vec.per_prompt.shape == (len(prompts), 2, llama.cfg.d_model)
     torch.testing.assert_close(vec.subsample(len(prompts))[0], vec[0], atol=1e-5, rtol=1e-5)
     ran = []
@@ -222,7 +222,7 @@ def test_instruction_ensemble_transfer_cosine(llama):
     inst = tvl.instruction_vector(llama, "The capital city of the country:", layers="all")
     _, cache = llama.run_with_cache("The capital city of the country:", names_filter="blocks.2.hook_resid_post",
                                     positions="last")
-    torch.testing.assert_close(inst[2], cache["blocks.2.hook_resid_post"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inst[2], cache["blocks.2.hook_resid_post"][0, 0], atol=1e-5, rtol=1e-5)
     icl = tvl.extract_task_vector(llama, P.icl(_items(), n_shots=2), progress=False)
     ens = tvl.ensemble([icl, inst])
     torch.testing.assert_close(ens[1], (icl[1] + inst[1]) / 2)
