@@ -465,7 +465,7 @@ def _patched_probs(model, chunk: list[Prompt], runner, pairs: list[Head], means:
 # ---------------------------------------------------------------------------------------------- function vectors
 @torch.no_grad()
 def head_results(model, means: HeadMeans, heads: Sequence[Head]) -> Float[Tensor, "k d_model"]:
-    """Each head's mean contribution to the residual: ``means[l, h] @ W_O(l)[h]`` (= its mean ``hook_result``)."""
+    """Each head's mean contribution to the residual: ``means[l, h] @ W_O[l, h]`` (= its mean ``hook_result``)."""
     heads = _as_heads(heads, model.cfg.n_layers, model.cfg.n_heads)
     means.check_compatible(model)
     return torch.stack([means[layer, head].to(model.blocks[layer].attn.W_O) @ model.blocks[layer].attn.W_O[head]
