@@ -1,9 +1,10 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import geometry, heads, hooks, lens, plot, positions, prompts, tasks
+from . import geometry, heads, hooks, lens, plot, positions, prompts, protocol, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
-from .vectors import TaskVector, cosine_similarity, ensemble, extract_task_vector, instruction_vector, transfer
+from .vectors import (TaskVector, cosine_similarity, ensemble, extract_task_vector, extract_task_vectors,
+                      instruction_vector, transfer)
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "ensemble",
     "evaluate",
     "extract_task_vector",
+    "extract_task_vectors",
     "geometry",
     "heads",
     "hooks",
@@ -27,6 +29,7 @@ __all__ = [
     "plot",
     "positions",
     "prompts",
+    "protocol",
     "sample_efficiency",
     "tasks",
     "transfer",

@@ -176,9 +176,10 @@ def _check_label(item: Any) -> str:
     return str(label)
 
 
-def query(item: Any, modality: str = "text", template: Template | str | None = None) -> Prompt:
-    """A contextless query ``Q:{x}\\nA:`` (no demos): the target of a patch, and the no-context baseline."""
-    return icl_prompt([], item, demo_modality=None, query_modality=modality, template=template)
+def query(item: Any, modality: str = "text", template: Template | str | None = None, chat: bool = False) -> Prompt:
+    """A contextless query ``Q:{x}\\nA:`` (no demos): the target of a patch, and the no-context baseline.
+    ``chat=True`` renders it as one user turn of the model's chat template (paper Table 6)."""
+    return icl_prompt([], item, demo_modality=None, query_modality=modality, template=template, chat=chat)
 
 
 def icl_prompt(demos: Sequence[Any], item: Any | None, demo_modality: str | None = "text",
@@ -258,12 +259,13 @@ def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: 
     return prompts
 
 
-def queries(items: Any, modality: str = "text", template: Template | str | None = None) -> list[Prompt]:
-    """Contextless queries for every item (``Task`` → its ``test`` split)."""
+def queries(items: Any, modality: str = "text", template: Template | str | None = None,
+            chat: bool = False) -> list[Prompt]:
+    """Contextless queries for every item (``Task`` → its ``test`` split); ``chat=True``: chat-template turns."""
     items = list(getattr(items, "test", items))
     if not items:
         raise TaskError("No items to build queries from (empty task or split).")
-    return [query(item, modality, template=template) for item in items]
+    return [query(item, modality, template=template, chat=chat) for item in items]
 
 
 # ---------------------------------------------------------------------------------------------- encoding
