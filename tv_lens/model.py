@@ -276,6 +276,8 @@ class HookedMultimodalModel(HookedRootModule):
             from transformers import AutoProcessor
 
             processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            for attribute, value in adapter.processor_defaults:   # e.g. Idefics2 without image splitting (#15)
+                setattr(getattr(processor, "image_processor", processor), attribute, value)
         else:
             from transformers import AutoTokenizer
 
