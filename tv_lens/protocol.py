@@ -20,11 +20,6 @@ from .errors import IncompatibleArgumentsError, TaskError, VectorError
 #: Methods that patch a residual-stream task vector, and the vector kind each one must be given.
 VECTOR_KINDS = {"patch": "icl", "xpatch": "icl", "instruction_patch": "instruction", "ensemble_patch": "ensemble"}
 
-#: Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (beyond: 1.96). No scipy needed.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
 def other_modality(modality: str) -> str:
     """``"image"`` for ``"text"`` and back."""
     if modality not in ("text", "image"):
@@ -148,7 +143,9 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     if n < 2:
         return mean, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+    from .lens import t_quantile_975
+
+    t = t_quantile_975(n - 1)
     return mean, t * sd / math.sqrt(n)
 
 
