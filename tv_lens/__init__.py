@@ -1,7 +1,7 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
 from . import geometry, heads, hooks, lens, plot, positions, prompts, protocol, tasks
-from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
+from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .vectors import (TaskVector, cosine_similarity, ensemble, extract_task_vector, extract_task_vectors,
                       instruction_vector, transfer)
@@ -18,6 +18,7 @@ __all__ = [
     "cosine_similarity",
     "ensemble",
     "evaluate",
+    "evaluate_conflict",
     "extract_task_vector",
     "extract_task_vectors",
     "geometry",

@@ -506,6 +506,40 @@ def sample_efficiency(model, vector: TaskVector, items: Any, layer: int, sizes: 
     return pd.DataFrame(rows)
 
 
+def evaluate_conflict(model, items: Any, context_instruction: str, vector: TaskVector, layer: int,
+                      query_modality: str = "image", case_sensitive: bool = True, max_new_tokens: int = 6,
+                      batch_size: int = 16, template: Template | str | None = None) -> pd.DataFrame:
+    """Figure 9, task conflict: an instruction IN CONTEXT (``{context_instruction}\\nQ:{x}\\nA:``, "Instruction
+    xBase") against a conflicting task vector patched at the query's delimiter of that same prompt ("+ Instruction
+    xPatch").
+
+    Args:
+        items: the queries (a ``Task`` → its ``test`` split, or a list of items).
+        context_instruction: the task given in the context window.
+        vector: the conflicting task to patch (an instruction vector in the paper; any task vector works).
+        layer: the patch layer.
+
+    Returns:
+        DataFrame, one row per query: ``query, label, xbase_answer, xpatch_answer, xbase_correct,
+        xpatch_correct`` (correct = the first-token metric against the item's label, i.e. the PATCHED task's
+        answer when the items belong to it).
+    """
+    from .prompts import instructed_query
+
+    vector.check_compatible(model)
+    query_items = list(getattr(items, "test", items))
+    if not query_items:
+        raise TaskError("No queries for the task-conflict run.")
+    prompts = [instructed_query(item, context_instruction, query_modality, template=template) for item in query_items]
+    plain = predict(model, prompts, None, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    patched = predict(model, prompts, lambda n: vector.hooks(layer, at="delimiter"), max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
+    return pd.DataFrame([{"query": p.query_input, "label": p.label, "xbase_answer": a_full, "xpatch_answer": b_full,
+                          "xbase_correct": first_token_correct(a_first, p.label, case_sensitive),
+                          "xpatch_correct": first_token_correct(b_first, p.label, case_sensitive)}
+                         for p, (a_first, a_full), (b_first, b_full) in zip(prompts, plain, patched)])
+
+
 def shuffled(items: Sequence, seed: int = 0) -> list:
     """A copy of ``items`` in a seeded random order."""
     items = list(items)
@@ -513,5 +547,6 @@ def shuffled(items: Sequence, seed: int = 0) -> list:
     return items
 
 
-__all__ = ["EvalResult", "METHODS", "SweepResult", "best_layer", "evaluate", "exact_match", "first_token_correct",
+__all__ = ["EvalResult", "METHODS", "SweepResult", "best_layer", "evaluate", "evaluate_conflict", "exact_match",
+           "first_token_correct",
            "layer_sweep", "predict", "sample_efficiency", "sample_demos"]

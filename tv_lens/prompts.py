@@ -208,6 +208,16 @@ def icl_prompt(demos: Sequence[Any], item: Any | None, demo_modality: str | None
                   template=t)
 
 
+def instructed_query(item: Any, instruction_text: str, modality: str = "text",
+                     template: Template | str | None = None, chat: bool = False) -> Prompt:
+    """A query with an instruction in context: ``{instruction}\\nQ:{x}\\nA:`` (the paper's "Instruction xBase",
+    Figure 9). Its delimiter is the query's, as in a bare query."""
+    if not instruction_text or not instruction_text.strip():
+        raise TaskError("The instruction is empty.")
+    bare = query(item, modality, template=template, chat=chat)
+    return replace(bare, pieces=(instruction_text.rstrip("\n") + "\n", *bare.pieces), kind="instructed")
+
+
 def instruction(text: str) -> Prompt:
     """A bare instruction (``"The capital city of the country:"``); its vector is read at the last token."""
     if not text or not text.strip():
@@ -463,6 +473,7 @@ __all__ = [
     "icl",
     "icl_prompt",
     "instruction",
+    "instructed_query",
     "queries",
     "query",
     "sample_demos",
