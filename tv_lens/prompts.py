@@ -17,6 +17,7 @@ single tokens there (`` Paris``), while ``A:Paris`` splits them into rarer piece
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -362,7 +363,16 @@ def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -
     plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
     real = [int(i) for i, m in zip(ids.tolist(), mask.tolist()) if m]
     first_real = int(mask.argmax()) if mask.any() else 0  # left padding: real tokens follow the pads
-    to_full = _align(plain_ids, real)
+    # Tokens of an image placeholder are replaced by image tokens in every family, so they take no part in the
+    # alignment (a placeholder spelled in ordinary byte tokens would otherwise match letters of later words).
+    placeholder = model.image_placeholder
+    inside = set()
+    if placeholder and placeholder in text:
+        spans = [(m.start(), m.end()) for m in re.finditer(re.escape(placeholder), text)]
+        inside = {i for i, (start, end) in enumerate(offsets)
+                  if end > start and any(a <= start and end <= b for a, b in spans)}
+    kept = [i for i in range(len(plain_ids)) if i not in inside]
+    to_full = {kept[k]: v for k, v in _align([plain_ids[i] for i in kept], real).items()}
 
     def token_at(char: int) -> int:
         for index, (start, end) in enumerate(offsets):
