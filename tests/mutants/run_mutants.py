@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 P = "tests/test_protocol.py::"
 TV = "tests/test_taskvectors.py::"
+R = "tests/test_paper_results.py::"
+F = "tests/test_families.py::"
 
 #: (name, file, old, new, tests that must catch it)
 MUTANTS = [
@@ -98,6 +100,41 @@ MUTANTS = [
      "(gold.startswith(pred) or pred.startswith(gold))",
      "gold.startswith(pred)",
      [TV + "test_scoring_rules"]),
+    ("shows_order without a magnitude threshold", "tv_lens/lens.py",
+     '        if any(peaks.loc[s, "peak_prob"] < min_peak for s in expected):',
+     '        if False:',
+     [R + "test_shows_order_needs_peaks_above_noise"]),
+    ("input set fixed to ':' instead of measured", "tv_lens/lens.py",
+     "        input_set = input_token_set(model, prompts, position=position)",
+     '        input_set = token_set(model, ":", "input", warn=False)',
+     [R + "test_input_set_is_what_the_delimiter_decodes_to_in_early_layers"]),
+    ("answer set of unlabelled prompts needs a label", "tv_lens/lens.py",
+     "    if prompts and any(p.label is None for p in prompts):",
+     "    if False:",
+     [R + "test_a4_instruction_phase_curves_need_no_label"]),
+    ("Idefics2 keeps the processor's image splitting", "tv_lens/adapters/idefics2.py",
+     '    processor_defaults=(("do_image_splitting", False),),\n', "",
+     [R + "test_idefics2_loads_without_image_splitting_as_the_paper_ran_it"]),
+    ("chat option ignored for contextless queries", "tv_lens/evaluate.py",
+     "prompts = queries(query_items, modality=query_modality, template=template, chat=chat)\n            layer_used",
+     "prompts = queries(query_items, modality=query_modality, template=template)\n            layer_used",
+     [R + "test_table6_chat_template_runs_inside_evaluate"]),
+    ("task conflict without the patch", "tv_lens/evaluate.py",
+     "    patched = predict(model, prompts, lambda n: vector.hooks(layer, at=\"delimiter\"), max_new_tokens=max_new_tokens,",
+     "    patched = predict(model, prompts, None, max_new_tokens=max_new_tokens,",
+     [R + "test_figure9_task_conflict_gives_both_answers_per_query"]),
+    ("with_images without the re-split", "tv_lens/tasks/core.py",
+     "        elif len(out.train) < min_train:",
+     "        elif False:",
+     [P + "test_with_images_leaves_every_shipped_task_an_imaged_train_pool"]),
+    ("run label dropped from the table", "tv_lens/evaluate.py",
+     'return method if not label else f"{method} [{label}]"',
+     "return method",
+     [P + "test_run_labels_keep_llm_and_vlm_xpatch_apart_in_one_table"]),
+    ("Fuyu images laid out in reverse order", "tv_lens/adapters/fuyu.py",
+     "image_ids, image_patches = _image_rows(model, row_images[k])",
+     "image_ids, image_patches = _image_rows(model, row_images[len(row_images) - 1 - k])",
+     [F + "test_fuyu_takes_several_images_anywhere_in_the_prompt"]),
 ]
 
 
