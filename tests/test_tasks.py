@@ -200,7 +200,7 @@ def test_with_images_keeps_splits_consistent():
     for s in ("val", "test", "train"):
         assert set(img.split(s)) == {it for it in task.split(s) if it.has_image}
     assert not (set(img.val) & set(img.test))
-    assert len(img.val) > 0 and len(img.test) > len(img.val) and len(img.train) >= 10
+    assert len(img.val) > 0 and len(img.test) > len(img.val) and len(img.train) >= 5
 
 
 def test_with_images_existing_filters_on_files(tmp_path):

@@ -63,7 +63,8 @@ def set_image_splitting(model, split: bool) -> None:
     if model.adapter.family != "idefics2":
         from ..errors import IncompatibleArgumentsError
 
-        raise IncompatibleArgumentsError(f"Image splitting is an Idefics2 option; this model is {model.adapter.family}.")
+        raise IncompatibleArgumentsError(f"Image splitting is an Idefics2 option; this model is "
+                                         f"{model.adapter.family}.")
     # the processor expands the text's <image> from this same attribute, so text and pixels always agree
     model.processor.image_processor.do_image_splitting = bool(split)
 
