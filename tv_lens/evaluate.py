@@ -7,10 +7,14 @@ Methods (query modality ``q``, the other modality ``o``):
 ``majority``          the most common label among the demos ("Random" in Table 3); no model call
 ``base``              ICL with demos in ``q`` and the query in context
 ``xbase``             ICL with demos in ``o`` and a ``q`` query in context
-``patch``             bare query, the vector from ``q`` demos patched at the final delimiter
+``patch``             bare query, the vector from ``q`` demos patched at the query's delimiter
 ``xpatch``            bare query, the vector from ``o`` demos patched (the paper's cross-modal transfer)
 ``instruction_patch`` bare query, the instruction vector patched
 ``ensemble_patch``    bare query, the exemplar+instruction ensemble patched
+
+Each patch method takes its own vector (``vectors={"patch": ..., "xpatch": ...}``), checked by kind and modality
+(:mod:`tv_lens.protocol`); vectors are read at the LAST DEMO's delimiter (``"delimiter[-1]"``) and patched at the
+query's (``"query_delimiter"``, alias ``"delimiter"``).
 ``fv_add``            bare query, a function vector (:func:`tv_lens.heads.function_vector`) ADDED at the final
                       delimiter of layer ``layer`` (``vectors={"fv_add": fv}``); with image queries, a text-ICL
                       function vector is the cross-modal variant

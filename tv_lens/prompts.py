@@ -4,8 +4,10 @@ A :class:`Prompt` is model-agnostic: images are slots that :func:`encode` render
 Named positions come from character offsets in the rendered text, mapped to token indices after tokenization and
 image expansion, so data containing ``:`` or newlines can never shift them:
 
-- ``"delimiter"``: the token that ends the final ``A:`` (the query's), i.e. the last token before the answer;
-- ``"delimiter[k]"``: the k-th demo's delimiter (``"delimiter[-1]"``: the last demo's);
+- ``"query_delimiter"`` (alias ``"delimiter"``): the token that ends the query's ``A:``, i.e. the last token before
+  the answer — where patches act;
+- ``"delimiter[k]"``: the k-th demo's delimiter; ``"delimiter[-1]"``, the LAST DEMO's, is where task vectors are
+  read (the paper's released code, ``src_match=-3``);
 - ``"query"``: every token of the query input (text tokens or image tokens), ``"query[-1]"`` its last token.
 
 Template (Todd et al., the default): demos ``Q:{x}\\nA:{y}\\n\\n``, query ``Q:{x}\\nA:``. Other layouts are a
