@@ -345,15 +345,25 @@ def test_fuyu_layout_one_image_first():
     torch.testing.assert_close(cache["hook_embed"][0, span], features, atol=1e-6, rtol=0)
 
 
-def test_fuyu_refuses_layouts_its_processor_cannot_write():
-    from tv_lens.errors import InputError
-
+@torch.no_grad()
+def test_fuyu_takes_several_images_anywhere_in_the_prompt():
+    """Image ICL on Fuyu (Mantis-Fuyu in the paper): tv_lens lays out the |SPEAKER| rows itself, where the HF
+    processor cannot; each image's span holds exactly its own patch embeddings, and the forward equals HF's."""
     tiny, hooked = _tiny("fuyu")
     w, h = tiny.image_size
-    with pytest.raises(InputError, match="must open the prompt"):
-        hooked.prepare(["Q:<image>\nA:"], images=[random_image(w, h)])
-    with pytest.raises(InputError, match="at most 1 image"):
-        hooked.prepare(["<image>Q:\nA:x\n\nQ:<image>\nA:"], images=[[random_image(w, h), random_image(w, h, 1)]])
+    images = [random_image(w, h), random_image(w, h, 1)]
+    inputs = hooked.prepare(["Q:<image>\nA:x\n\nQ:<image>\nA:"], images=[images])
+    tokens = hooked.to_str_tokens(inputs["input_ids"][0])
+    assert tokens[0] == "<s>" and tokens[-1] == "<0x04>" and tokens.count("|SPEAKER|") == 2 * 16
+    spans = hooked.positions(inputs).images[0]
+    assert len(spans) == 2
+    _, cache = hooked.run_with_cache(inputs, names_filter=["hook_embed"])
+    for span, image in zip(spans, images):
+        alone = hooked.prepare(["<image>Q:"], images=[image])   # the processor's own patches for this image
+        features = tiny.model.model.vision_embed_tokens(alone["pixel_values"])
+        torch.testing.assert_close(cache["hook_embed"][0, span], features.reshape(-1, features.shape[-1]),
+                                   atol=1e-6, rtol=0)
+    torch.testing.assert_close(hooked(inputs), tiny.model(**inputs).logits, atol=1e-5, rtol=0)
 
 
 @torch.no_grad()

@@ -32,8 +32,8 @@ def country_capital(smollm2):
     vec = tvl.extract_task_vector(smollm2, P.icl(task.val, n_shots=5, pool=task.train, seed=0, template="qa_space"),
                                   layers="all", task=task.name, progress=False)
     sweep = tvl.layer_sweep(smollm2, vec, task, progress=False, template="qa_space")
-    result = tvl.evaluate(smollm2, task, ["no_context", "base", "patch"], vector=vec, layer=sweep.best,
-                          max_new_tokens=6, progress=False, template="qa_space")
+    result = tvl.evaluate(smollm2, task, ["no_context", "base", "patch"], vectors={"patch": vec}, layer=sweep.best,
+                          max_new_tokens=6, progress=False, template="qa_space", seeds=(0,))
     return sweep, result
 
 
@@ -49,7 +49,8 @@ def test_mean_text_vector_transfers_the_task_to_contextless_queries(country_capi
     print(f"\nSmolLM2 country-capital test (qa_space): best val layer {sweep.best}; first token / exact: "
           f"no_context {acc['no_context']:.2f} / {exact['no_context']:.2f}, 5-shot ICL {acc['base']:.2f} / "
           f"{exact['base']:.2f}, patch {acc['patch']:.2f} / {exact['patch']:.2f}")
-    assert 0 <= sweep.best < 30
+    by_layer = sweep.scores.groupby("layer")["accuracy"].mean()  # one vector: mean over seeds/tasks is this
+    assert by_layer[sweep.best] == by_layer.max() and by_layer[sweep.best] >= by_layer[0] + 0.2
     assert acc["base"] >= acc["no_context"] + 0.15
     assert acc["patch"] >= acc["no_context"] + 0.10 and acc["patch"] >= 0.5 * acc["base"]
     assert exact["patch"] >= exact["no_context"] + 0.08 and exact["patch"] >= 0.5 * exact["base"]

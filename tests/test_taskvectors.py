@@ -303,19 +303,25 @@ def test_sweep_seed_column_is_the_vectors_seed(llama):
 
 def test_evaluate_methods_table_and_sweep(llava):
     items = _items(with_images=True)
+    scored, pool = items[:4], items[4:]
     text_vec = tvl.extract_task_vector(llava, P.icl(items, n_shots=2, modality="text"), progress=False)
     image_vec = tvl.extract_task_vector(llava, P.icl(items, n_shots=2, modality="image"), progress=False)
     sweep = tvl.layer_sweep(llava, text_vec, items, query_modality="image", progress=False)
-    assert set(sweep.scores["layer"]) == {0, 1, 2} and sweep.best in (0, 1, 2)
-    res = tvl.evaluate(llava, items, ["no_context", "majority", "base", "xbase", "patch", "xpatch"],
+    by_layer = sweep.scores.groupby("layer")["accuracy"].mean()
+    assert set(sweep.scores["layer"]) == {0, 1, 2}
+    assert by_layer[sweep.best] == by_layer.max() and all(by_layer[l] < by_layer.max() for l in by_layer.index
+                                                          if l < sweep.best)
+    res = tvl.evaluate(llava, scored, ["no_context", "majority", "base", "xbase", "patch", "xpatch"], pool=pool,
                        vectors={"patch": image_vec, "xpatch": text_vec}, layer=sweep.best, query_modality="image",
                        n_shots=2, seeds=(0, 1), max_new_tokens=2, progress=False)
     table = res.table()
     assert list(table.index) == ["no_context", "majority", "base", "xbase", "patch", "xpatch"]
-    assert len(res.scores) == 12 and len(res.predictions) == 12 * len(items)
+    assert len(res.scores) == 12 and len(res.predictions) == 12 * len(scored)
     patched = res.predictions.query("method == 'xpatch' and seed == 0")["answer"].tolist()
     plain = res.predictions.query("method == 'no_context' and seed == 0")["answer"].tolist()
     assert patched != plain, "patching the vector must change what the model says"
+    demo_inputs = {d for labels in res.predictions.query("method == 'base'")["demo_labels"] for d in labels}
+    assert demo_inputs <= {it["output"] for it in pool}, "demos come from the pool, never the scored items"
     with pytest.raises(IncompatibleArgumentsError):
         tvl.evaluate(llava, items, ["xpatch"], query_modality="image", progress=False)
     with pytest.raises(IncompatibleArgumentsError):

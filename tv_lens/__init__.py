@@ -1,10 +1,11 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import geometry, heads, hooks, lens, plot, positions, prompts, tasks
-from .evaluate import EvalResult, SweepResult, evaluate, layer_sweep, sample_efficiency
+from . import geometry, heads, hooks, lens, plot, positions, prompts, protocol, tasks
+from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
-from .vectors import TaskVector, cosine_similarity, ensemble, extract_task_vector, instruction_vector, transfer
+from .vectors import (TaskVector, cosine_similarity, ensemble, extract_task_vector, extract_task_vectors,
+                      instruction_vector, transfer)
 
 __version__ = "0.1.0"
 
@@ -18,7 +19,9 @@ __all__ = [
     "cosine_similarity",
     "ensemble",
     "evaluate",
+    "evaluate_conflict",
     "extract_task_vector",
+    "extract_task_vectors",
     "geometry",
     "heads",
     "hooks",
@@ -29,6 +32,7 @@ __all__ = [
     "plot",
     "positions",
     "prompts",
+    "protocol",
     "sample_efficiency",
     "tasks",
     "transfer",

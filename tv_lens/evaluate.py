@@ -7,10 +7,14 @@ Methods (query modality ``q``, the other modality ``o``):
 ``majority``          the most common label among the demos ("Random" in Table 3); no model call
 ``base``              ICL with demos in ``q`` and the query in context
 ``xbase``             ICL with demos in ``o`` and a ``q`` query in context
-``patch``             bare query, the vector from ``q`` demos patched at the final delimiter
+``patch``             bare query, the vector from ``q`` demos patched at the query's delimiter
 ``xpatch``            bare query, the vector from ``o`` demos patched (the paper's cross-modal transfer)
 ``instruction_patch`` bare query, the instruction vector patched
 ``ensemble_patch``    bare query, the exemplar+instruction ensemble patched
+
+Each patch method takes its own vector (``vectors={"patch": ..., "xpatch": ...}``), checked by kind and modality
+(:mod:`tv_lens.protocol`); vectors are read at the LAST DEMO's delimiter (``"delimiter[-1]"``) and patched at the
+query's (``"query_delimiter"``, alias ``"delimiter"``).
 ``fv_add``            bare query, a function vector (:func:`tv_lens.heads.function_vector`) ADDED at the final
                       delimiter of layer ``layer`` (``vectors={"fv_add": fv}``); with image queries, a text-ICL
                       function vector is the cross-modal variant
@@ -25,7 +29,7 @@ answer up to the first newline.
 
 from __future__ import annotations
 
-import html
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,12 +40,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
+from .protocol import check_vector, demo_pool, format_ci, mean_ci, other_modality, vectors_for_methods
 from .prompts import Prompt, Template, encode, icl, queries, sample_demos
 from .vectors import TaskVector
 
 METHODS = ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch", "ensemble_patch",
            "fv_add", "heads_patch")
 PATCH_METHODS = ("patch", "xpatch", "instruction_patch", "ensemble_patch")
+CONTEXT_METHODS = ("base", "xbase", "majority")
 
 
 def first_token_correct(prediction: str, label: str, case_sensitive: bool = True) -> bool:
@@ -87,34 +93,21 @@ def _majority(prompt: Prompt) -> str:
 
 
 def _other(modality: str) -> str:
-    return "image" if modality == "text" else "text"
+    return other_modality(modality)
 
 
 def _split(items: Any) -> tuple[list, list | None, str | None]:
-    """(queries, demo pool, task name) from a Task (test split, train pool) or a list of items."""
+    """(queries, demo pool, task name) from a Task (test split, train pool) or a list of items (no pool)."""
     if hasattr(items, "test") and hasattr(items, "name"):
-        pool = list(getattr(items, "train", []) or []) or None
-        return list(items.test), pool, items.name
+        return list(items.test), list(getattr(items, "train", []) or []), items.name
     return list(items), None, None
 
 
-def _vector_for(method: str, vector, vectors, seed_index: int) -> TaskVector:
-    chosen = (vectors or {}).get(method, vector)
-    if chosen is None:
-        raise IncompatibleArgumentsError(f"Method {method!r} needs a task vector: pass vector= or "
-                                         f"vectors={{'{method}': ...}}.")
-    if isinstance(chosen, (list, tuple)):
-        return chosen[seed_index % len(chosen)]
-    return chosen
-
-
-def _head_object_for(method: str, vector, vectors) -> Any:
+def _head_object_for(method: str, vectors: dict | None) -> Any:
     """The function vector (``fv_add``) or selected head means (``heads_patch``) a head method needs."""
     chosen = (vectors or {}).get(method)
-    if chosen is None and method == "fv_add" and getattr(vector, "kind", None) == "function_vector":
-        chosen = vector
     if method == "fv_add":
-        if not isinstance(chosen, TaskVector):
+        if not isinstance(chosen, TaskVector) or chosen.kind != "function_vector":
             raise IncompatibleArgumentsError("Method 'fv_add' needs a function vector: vectors={'fv_add': "
                                              "tvl.heads.function_vector(model, means, heads)}.")
         return chosen
@@ -124,6 +117,24 @@ def _head_object_for(method: str, vector, vectors) -> Any:
     return chosen
 
 
+def _contextless_hooks(method: str, patch_vectors: dict, vectors: dict | None, model, seed_index: int,
+                       layer: int | None):
+    """``(fwd_hooks_for_batch or None, id of what is patched)`` for a method run on contextless queries."""
+    if method == "no_context":
+        return None, None
+    if method == "fv_add":
+        fv = _head_object_for(method, vectors)
+        fv.check_compatible(model)
+        return (lambda n: fv.hooks(layer, at="delimiter", mode="add")), id(fv)
+    if method == "heads_patch":
+        means = _head_object_for(method, vectors)
+        means.check_compatible(model)
+        return (lambda n: means.hooks(at="delimiter")), id(means)
+    chosen = patch_vectors[method]
+    vec = chosen[seed_index % len(chosen)] if isinstance(chosen, (list, tuple)) else chosen
+    return (lambda n: vec.hooks(layer, at="delimiter")), id(vec)
+
+
 def _layer_for(method: str, layer) -> int:
     value = layer.get(method) if isinstance(layer, dict) else layer
     if value is None:
@@ -131,21 +142,65 @@ def _layer_for(method: str, layer) -> int:
     return value
 
 
+def _row_name(method: str, label: str | None) -> str:
+    return method if not label else f"{method} [{label}]"
+
+
 @dataclass
 class EvalResult:
-    """Evaluation results: ``scores`` (one row per task × method × seed) and ``predictions`` (per item)."""
+    """Evaluation results: ``scores`` (one row per task × method × seed) and ``predictions`` (per item).
+
+    Both carry a ``run`` column (the run's ``label=``, or ``None``), so runs joined with :meth:`concat` — e.g.
+    LLM→VLM xPatch beside VLM→VLM xPatch — stay apart in :meth:`table`.
+    """
 
     scores: pd.DataFrame
     predictions: pd.DataFrame
 
-    def table(self, metric: str = "accuracy") -> pd.DataFrame:
-        """Methods × tasks (mean over seeds), plus ``Avg`` — the layout of the paper's Table 3."""
+    def _rows(self) -> pd.DataFrame:
         if self.scores.empty:
             raise TaskError("No results to tabulate.")
-        pivot = self.scores.pivot_table(index="method", columns="task", values=metric, aggfunc="mean", sort=False)
-        pivot["Avg"] = pivot.mean(axis=1)
-        order = [m for m in METHODS if m in pivot.index] + [m for m in pivot.index if m not in METHODS]
-        return pivot.loc[order]
+        labels = self.scores["run"] if "run" in self.scores else [None] * len(self.scores)
+        return self.scores.assign(row=[_row_name(m, lab) for m, lab in zip(self.scores["method"], labels)])
+
+    def _order(self, rows: Sequence[str]) -> list[str]:
+        rank = {m: i for i, m in enumerate(METHODS)}
+        return sorted(rows, key=lambda r: (rank.get(r.split(" [")[0], len(METHODS)), r))
+
+    def table(self, metric: str = "accuracy", ci: bool = False) -> pd.DataFrame:
+        """Methods × tasks, mean over seeds, plus ``Avg`` (per seed the mean over tasks, then over seeds) — the
+        layout of the paper's Table 3. Rows are methods, ``"method [label]"`` for labelled runs.
+
+        Args:
+            ci: cells as strings ``"mean ± half-width"`` of the 95% confidence interval over seeds (Student t).
+        """
+        scores = self._rows()
+        per_seed = scores.pivot_table(index=["row", "seed"], columns="task", values=metric, aggfunc="mean",
+                                      sort=False)
+        per_seed["Avg"] = per_seed.mean(axis=1, skipna=False)
+        out = {}
+        for row in self._order(per_seed.index.get_level_values("row").unique()):
+            block = per_seed.xs(row, level="row")
+            cells = {}
+            for column in block.columns:
+                values = block[column].dropna()
+                if values.empty:
+                    cells[column] = math.nan if not ci else ""
+                    continue
+                mean, half = mean_ci(values.tolist())
+                cells[column] = format_ci(mean, half) if ci else mean
+            out[row] = cells
+        return pd.DataFrame.from_dict(out, orient="index")[list(per_seed.columns)]
+
+    def spread(self, metric: str = "accuracy") -> pd.DataFrame:
+        """Half-widths of the 95% confidence intervals behind :meth:`table` (NaN with one seed)."""
+        scores = self._rows()
+        per_seed = scores.pivot_table(index=["row", "seed"], columns="task", values=metric, aggfunc="mean",
+                                      sort=False)
+        per_seed["Avg"] = per_seed.mean(axis=1, skipna=False)
+        rows = self._order(per_seed.index.get_level_values("row").unique())
+        return pd.DataFrame({row: {c: mean_ci(per_seed.xs(row, level="row")[c].dropna().tolist())[1]
+                                   for c in per_seed.columns} for row in rows}).T
 
     @staticmethod
     def concat(results: Sequence[EvalResult]) -> EvalResult:
@@ -154,35 +209,51 @@ class EvalResult:
                           pd.concat([r.predictions for r in results], ignore_index=True))
 
     def __repr__(self) -> str:
-        return f"EvalResult({len(self.scores)} scores)\n{self.table().round(2).to_string()}"
+        return f"EvalResult({len(self.scores)} scores; accuracy, mean ± 95% CI over seeds)\n" \
+               f"{self.table(ci=True).to_string()}"
 
     def _repr_html_(self) -> str:
-        return "<b>EvalResult</b> (accuracy, mean over seeds)" + self.table().round(3).to_html()
+        return "<b>EvalResult</b> (accuracy, mean ± 95% CI over seeds)" + self.table(ci=True).to_html()
+
+
+#: The paper averages three seeds; every one-call experiment defaults to them.
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", "patch"), *,
              vector: TaskVector | Sequence[TaskVector] | None = None, vectors: dict | None = None,
              layer: int | dict | None = None, query_modality: str = "text", n_shots: int = 5,
-             seeds: Sequence[int] = (0,), pool: Sequence | None = None, task: str | None = None,
-             case_sensitive: bool = True, max_new_tokens: int = 6, batch_size: int = 16,
-             progress: bool = True, template: Template | str | None = None) -> EvalResult:
+             seeds: Sequence[int] = DEFAULT_SEEDS, pool: Sequence | None = None, task: str | None = None,
+             label: str | None = None, case_sensitive: bool = True, max_new_tokens: int = 6,
+             batch_size: int = 16, progress: bool = True, template: Template | str | None = None,
+             chat: bool = False) -> EvalResult:
     """Run Table-3 methods on test queries.
 
     Args:
         model: a ``HookedMultimodalModel``.
-        items: a ``Task`` (its ``test`` split; demos from ``train``) or a list of items.
+        items: a ``Task`` (its ``test`` split is scored; demos come from ``train``) or a list of items.
         methods: any of :data:`METHODS`.
-        vector / vectors: the task vector for patch methods; ``vectors={"xpatch": v, "patch": w}`` per method;
-            a list gives one vector per seed. ``fv_add`` takes a function vector, ``heads_patch`` head means with
-            a selection (see :mod:`tv_lens.heads`).
+        vectors: the vector each patch method patches, ``{"patch": image_vec, "xpatch": text_vec,
+            "instruction_patch": inst, "ensemble_patch": ens}``; a list gives one vector per seed. Each is checked
+            by kind and modality (:func:`tv_lens.protocol.check_vector`): e.g. ``xpatch`` on image queries needs a
+            vector from TEXT demos. ``fv_add`` takes a function vector, ``heads_patch`` head means with a selection
+            (see :mod:`tv_lens.heads`).
+        vector: shorthand when exactly ONE patch method runs; with several it raises (use ``vectors=``).
         layer: the patch layer (an int, or ``{method: layer}``, e.g. ``{"patch": 15, "fv_add": 9}``).
         query_modality: ``"text"`` or ``"image"``.
         n_shots, seeds, pool: ICL demos (``base``, ``xbase``, ``majority``): ``n_shots`` per prompt, sampled per
-            seed from ``pool`` (default: the task's train split, else the other items).
+            seed from ``pool`` — default the task's train split. Demos never come from the items being scored: a
+            bare list of items needs ``pool=``, and a pool overlapping them raises :class:`TaskError`. ``seeds``
+            defaults to the paper's three; tables show mean ± 95% CI over them.
+        label: a name for this run, kept in a ``run`` column; :meth:`EvalResult.table` shows its rows as
+            ``"method [label]"`` so e.g. ``label="LLM→VLM"`` xPatch sits beside the VLM's own in one table.
         case_sensitive: the paper is case-sensitive except for its Figure 8.
         max_new_tokens: tokens generated for exact match (first-token accuracy needs 1).
         template: how demos and queries are written (:class:`~tv_lens.prompts.Template` or a name in
             ``tvl.prompts.TEMPLATES``; default ``"qa"``, the paper's ``Q:{x}\\nA:{y}``).
+        chat: render every prompt with the model's chat template (paper Table 6): each demo a user turn
+            ``Q:{x}\\nA:`` and an assistant turn ``{y}``, the query a final user turn; patches act at the query
+            turn's ``A:`` delimiter.
 
     Returns:
         :class:`EvalResult`; ``result.table()`` is Table 3's layout.
@@ -190,51 +261,59 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise IncompatibleArgumentsError(f"Unknown method(s) {unknown}; choose from {METHODS}.")
+    other = other_modality(query_modality)
+    seeds = list(seeds)
+    if not seeds:
+        raise IncompatibleArgumentsError("seeds= is empty; the paper uses seeds=(0, 1, 2).")
     query_items, task_pool, task_name = _split(items)
     if not query_items:
         raise TaskError("No test items to evaluate.")
     task = task or task_name or "task"
     pool = list(pool) if pool is not None else task_pool
+    head_methods = [m for m in methods if m in ("fv_add", "heads_patch")]
+    patch_vectors = vectors_for_methods(methods, vector, {k: v for k, v in (vectors or {}).items()
+                                                          if k not in head_methods})
+    for method, chosen in patch_vectors.items():
+        for vec in (chosen if isinstance(chosen, (list, tuple)) else [chosen]):
+            check_vector(method, vec, query_modality)
+            vec.check_compatible(model)
+    pools = {}
+    for method in methods:
+        if method in CONTEXT_METHODS:
+            demo_modality = {"base": query_modality, "xbase": other, "majority": "text"}[method]
+            pools[method] = demo_pool(query_items, pool, demo_modality, n_shots, task)
     score_rows, pred_rows = [], []
+    contextless: dict[tuple, list] = {}
     for seed_index, seed in enumerate(seeds):
         for method in tqdm(methods, desc=f"{task} seed {seed}", disable=not progress, leave=False):
-            demo_modality = query_modality if method == "base" else _other(query_modality)
-            if method in ("base", "xbase", "majority"):
-                prompts = icl(query_items, n_shots=n_shots, modality=demo_modality if method != "majority"
-                              else "text", query_modality=query_modality, pool=pool, seed=seed, template=template)
+            if method in CONTEXT_METHODS:
+                demo_modality = {"base": query_modality, "xbase": other, "majority": "text"}[method]
+                prompts = icl(query_items, n_shots=n_shots, modality=demo_modality, query_modality=query_modality,
+                              pool=pools[method], seed=seed, template=template, chat=chat)
             else:
-                prompts = queries(query_items, modality=query_modality, template=template)
-            layer_used = None
+                prompts = queries(query_items, modality=query_modality, template=template, chat=chat)
+            layer_used = None if method in ("no_context", "heads_patch") or method in CONTEXT_METHODS \
+                else _layer_for(method, layer)
             if method == "majority":
                 answers = [(_majority(p), _majority(p)) for p in prompts]
-            elif method == "fv_add":
-                fv = _head_object_for(method, vector, vectors)
-                fv.check_compatible(model)
-                layer_used = _layer_for(method, layer)
-                answers = predict(model, prompts, lambda n: fv.hooks(layer_used, at="delimiter", mode="add"),
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
-            elif method == "heads_patch":
-                means = _head_object_for(method, vector, vectors)
-                means.check_compatible(model)
-                answers = predict(model, prompts, lambda n: means.hooks(at="delimiter"),
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
-            elif method in PATCH_METHODS:
-                vec = _vector_for(method, vector, vectors, seed_index)
-                vec.check_compatible(model)
-                layer_used = _layer_for(method, layer)
-                answers = predict(model, prompts, lambda n: vec.hooks(layer_used, at="delimiter"),
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
-            else:
+            elif method in CONTEXT_METHODS:
                 answers = predict(model, prompts, None, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            else:  # contextless queries: the same for every seed unless the vector changes with the seed
+                hooks_for, vec_id = _contextless_hooks(method, patch_vectors, vectors, model, seed_index, layer_used)
+                if (method, vec_id) not in contextless:
+                    contextless[method, vec_id] = predict(model, prompts, hooks_for, max_new_tokens=max_new_tokens,
+                                                          batch_size=batch_size)
+                answers = contextless[method, vec_id]
             correct = [first_token_correct(first, p.label, case_sensitive) for (first, _), p in zip(answers, prompts)]
             exact = [exact_match(full, p.label, case_sensitive) for (_, full), p in zip(answers, prompts)]
-            score_rows.append({"task": task, "method": method, "query_modality": query_modality, "seed": seed,
-                               "layer": layer_used, "accuracy": sum(correct) / len(correct),
+            score_rows.append({"task": task, "method": method, "run": label, "query_modality": query_modality,
+                               "seed": seed, "layer": layer_used, "accuracy": sum(correct) / len(correct),
                                "exact_match": sum(exact) / len(exact), "n": len(correct)})
             for p, (first, full), ok, em in zip(prompts, answers, correct, exact):
-                pred_rows.append({"task": task, "method": method, "seed": seed, "query": p.query_input,
-                                  "label": p.label, "first_token": first, "answer": full, "correct": ok,
-                                  "exact_match": em})
+                pred_rows.append({"task": task, "method": method, "run": label, "seed": seed,
+                                  "query": p.query_input, "demo_modality": p.demo_modality,
+                                  "demo_labels": p.demo_labels, "label": p.label, "first_token": first,
+                                  "answer": full, "correct": ok, "exact_match": em})
     return EvalResult(pd.DataFrame(score_rows), pd.DataFrame(pred_rows))
 
 
@@ -268,18 +347,23 @@ def best_layer(accuracy_by_layer: pd.Series) -> int:
 
 
 @torch.no_grad()
-def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: Any,
+def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict | Any, items: Any,
                 query_modality: str = "text", layers: Sequence[int] | None = None, mode: str = "replace",
                 case_sensitive: bool = True, max_rows: int = 256, progress: bool = True,
-                template: Template | str | None = None) -> SweepResult:
+                template: Template | str | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
+                chat: bool = False) -> SweepResult:
     """Patch the vector at every layer into contextless queries; pick the best layer on these (validation) items.
 
     Several layers run in ONE forward: the query batch is repeated once per layer and each copy is patched at its
     own layer, so the sweep costs ``ceil(n_items × n_layers / max_rows)`` batched forwards and no per-layer loop.
 
     Args:
-        vector: one vector, a list (one per seed), or ``{task: vector or list}`` with ``items`` a matching dict.
+        vector: a list of vectors (one per seed, e.g. from :func:`tv_lens.extract_task_vectors`), a callable
+            ``seed -> TaskVector`` (called for each of ``seeds``), a single vector (one seed), or ``{task: any of
+            these}`` with ``items`` a matching dict.
         items: validation items (a ``Task`` → its ``val`` split), or ``{task: items}``.
+        seeds: the paper's three by default; they label a list of vectors (same length) and drive a callable.
+            A single vector is one seed: passing ``seeds=`` with several seeds for it raises.
         layers: layers to try (default: all the vector has).
         mode: ``"replace"`` (paper) or ``"add"``.
         template: how the queries are written (:class:`~tv_lens.prompts.Template` or a name; default ``"qa"``);
@@ -297,11 +381,8 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
         query_items = list(getattr(task_items, "val", task_items))
         if not query_items:
             raise TaskError(f"Task {task_name!r} has no validation items to sweep on.")
-        vecs = per_task_vectors[task_name]
-        vecs = list(vecs) if isinstance(vecs, (list, tuple)) else [vecs]
-        prompts = queries(query_items, modality=query_modality, template=template)
-        own_seeds = [vec.seed for vec in vecs]
-        labels = own_seeds if None not in own_seeds and len(set(own_seeds)) == len(vecs) else range(len(vecs))
+        vecs, labels = _seeded_vectors(per_task_vectors[task_name], seeds, task_name)
+        prompts = queries(query_items, modality=query_modality, template=template, chat=chat)
         for seed_label, vec in zip(labels, vecs):
             vec.check_compatible(model)
             sweep_layers = list(vec.layers) if layers is None else [model.layer_index(l) for l in layers]
@@ -317,6 +398,28 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict, items: 
     result = SweepResult(scores=scores, best=0)
     result.best = best_layer(result.accuracy_by_layer())
     return result
+
+
+def _seeded_vectors(vecs: Any, seeds: Sequence[int], task_name: str) -> tuple[list[TaskVector], list]:
+    """``(vectors, seed label of each)`` for one task of a sweep."""
+    explicit = seeds is not DEFAULT_SEEDS
+    seeds = list(seeds)
+    if callable(vecs) and not isinstance(vecs, TaskVector):
+        return [vecs(seed) for seed in seeds], seeds
+    if isinstance(vecs, TaskVector):
+        if explicit and len(seeds) > 1:
+            raise IncompatibleArgumentsError(
+                f"Task {task_name!r}: one vector is one seed, but seeds={seeds}; pass one vector per seed "
+                "(tvl.extract_task_vectors(model, task, seeds=...)) or a callable seed -> vector.")
+        return [vecs], [vecs.seed if vecs.seed is not None else 0]
+    vecs = list(vecs)
+    if explicit and len(seeds) != len(vecs):
+        raise IncompatibleArgumentsError(f"Task {task_name!r}: {len(vecs)} vectors but seeds={seeds}; give one "
+                                         "vector per seed.")
+    own_seeds = [vec.seed for vec in vecs]
+    if explicit:
+        return vecs, seeds
+    return vecs, own_seeds if None not in own_seeds and len(set(own_seeds)) == len(vecs) else list(range(len(vecs)))
 
 
 def _sweep_first_tokens(model, prompts: list[Prompt], vec: TaskVector, layers: list[int], mode: str,
@@ -361,29 +464,85 @@ def _sweep_first_tokens(model, prompts: list[Prompt], vec: TaskVector, layers: l
 
 def sample_efficiency(model, vector: TaskVector, items: Any, layer: int, sizes: Sequence[int],
                       instruction_vector: TaskVector | None = None, repeats: int = 3,
-                      query_modality: str = "text", case_sensitive: bool = False,
+                      query_modality: str = "image", case_sensitive: bool = False,
                       batch_size: int = 16) -> pd.DataFrame:
-    """Figure 8: accuracy of vectors averaged from ``r`` prompts (and their ensemble with an instruction vector).
+    """Figure 8: accuracy of exemplar vectors averaged from ``r`` prompts, their ensemble with the instruction
+    vector, and the instruction vector alone, all patched onto contextless ``query_modality`` queries.
 
-    Returns a DataFrame with columns ``r, repeat, method, accuracy`` (``method``: ``exemplar`` or ``ensemble``).
+    The paper's x-axis is the number of input-output examples behind the vector; ``n_examples`` is
+    ``r × n_shots`` (``r`` prompts of ``n_shots`` demos each; ``n_shots`` is recorded at extraction). Accuracy is
+    case-insensitive by default, as in the paper's Figure 8 only.
+
+    Args:
+        vector: an ICL vector extracted with ``keep_per_prompt=True`` (text demos for the paper's xPatch).
+        sizes: the ``r`` values (prompts averaged); each is drawn ``repeats`` times (seeds ``0..repeats-1``).
+        instruction_vector: adds the ``ensemble`` (equal-weight mean of the subsample and this) and
+            ``instruction`` (this alone; the same at every ``r``) lines.
+
+    Returns:
+        DataFrame ``r, n_examples, repeat, method, accuracy`` (``method``: ``exemplar``, ``ensemble``,
+        ``instruction``).
     """
     from .vectors import ensemble
 
+    n_shots = vector.extra.get("n_shots")
+    exemplar_method = "patch" if vector.modality == query_modality else "xpatch"
+    common = dict(layer=layer, query_modality=query_modality, case_sensitive=case_sensitive, max_new_tokens=1,
+                  batch_size=batch_size, progress=False, seeds=(0,))
+
+    def accuracy(method: str, vec: TaskVector) -> float:
+        res = evaluate(model, items, [method], vectors={method: vec}, **common)
+        return float(res.scores["accuracy"].mean())
+
+    alone = accuracy("instruction_patch", instruction_vector) if instruction_vector is not None else None
     rows = []
     for r in sizes:
+        n_examples = r * n_shots if n_shots else None
         for rep in range(repeats):
             sub = vector.subsample(r, seed=rep)
-            candidates = {"exemplar": sub}
+            scores = {"exemplar": accuracy(exemplar_method, sub)}
             if instruction_vector is not None:
-                candidates["ensemble"] = ensemble([sub, instruction_vector])
-            for method, vec in candidates.items():
-                res = evaluate(model, items, ["patch"], vector=vec, layer=layer, query_modality=query_modality,
-                               case_sensitive=case_sensitive, max_new_tokens=1, batch_size=batch_size,
-                               progress=False)
-                rows.append({"r": r, "repeat": rep, "method": method,
-                             "accuracy": float(res.scores["accuracy"].iloc[0])})
+                scores["ensemble"] = accuracy("ensemble_patch", ensemble([sub, instruction_vector]))
+                scores["instruction"] = alone
+            for method, acc in scores.items():
+                rows.append({"r": r, "n_examples": n_examples, "repeat": rep, "method": method, "accuracy": acc})
     return pd.DataFrame(rows)
 
 
-__all__ = ["EvalResult", "METHODS", "SweepResult", "best_layer", "evaluate", "exact_match", "first_token_correct",
+def evaluate_conflict(model, items: Any, context_instruction: str, vector: TaskVector, layer: int,
+                      query_modality: str = "image", case_sensitive: bool = True, max_new_tokens: int = 6,
+                      batch_size: int = 16, template: Template | str | None = None) -> pd.DataFrame:
+    """Figure 9, task conflict: an instruction IN CONTEXT (``{context_instruction}\\nQ:{x}\\nA:``, "Instruction
+    xBase") against a conflicting task vector patched at the query's delimiter of that same prompt ("+ Instruction
+    xPatch").
+
+    Args:
+        items: the queries (a ``Task`` → its ``test`` split, or a list of items).
+        context_instruction: the task given in the context window.
+        vector: the conflicting task to patch (an instruction vector in the paper; any task vector works).
+        layer: the patch layer.
+
+    Returns:
+        DataFrame, one row per query: ``query, label, xbase_answer, xpatch_answer, xbase_correct,
+        xpatch_correct`` (correct = the first-token metric against the item's label, i.e. the PATCHED task's
+        answer when the items belong to it).
+    """
+    from .prompts import instructed_query
+
+    vector.check_compatible(model)
+    query_items = list(getattr(items, "test", items))
+    if not query_items:
+        raise TaskError("No queries for the task-conflict run.")
+    prompts = [instructed_query(item, context_instruction, query_modality, template=template) for item in query_items]
+    plain = predict(model, prompts, None, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    patched = predict(model, prompts, lambda n: vector.hooks(layer, at="delimiter"), max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
+    return pd.DataFrame([{"query": p.query_input, "label": p.label, "xbase_answer": a_full, "xpatch_answer": b_full,
+                          "xbase_correct": first_token_correct(a_first, p.label, case_sensitive),
+                          "xpatch_correct": first_token_correct(b_first, p.label, case_sensitive)}
+                         for p, (a_first, a_full), (b_first, b_full) in zip(prompts, plain, patched)])
+
+
+__all__ = ["EvalResult", "METHODS", "SweepResult", "best_layer", "evaluate", "evaluate_conflict", "exact_match",
+           "first_token_correct",
            "layer_sweep", "predict", "sample_efficiency", "sample_demos"]

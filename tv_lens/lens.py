@@ -345,12 +345,20 @@ def token_mask(model, spec: Any, prompts: Sequence[Prompt] | None = None, name: 
     return mask, sets
 
 
-def default_token_sets(model, task: Any) -> dict[str, Any]:
-    """The paper's three sets for a task: ``input`` = the delimiter ``":"``, ``task`` = the task word
-    (capital, currency, species, baby, color, flavor), ``answer`` = each prompt's label (:data:`LABEL`).
+def default_token_sets(model, task: Any, prompts: Sequence[Prompt] | None = None,
+                       position: Any = "last") -> dict[str, Any]:
+    """The paper's three sets (§4.1), as it defines them:
+
+    - ``input``: what the delimiter decodes to in EARLY layers, measured per model (:func:`input_token_set`; in
+      Idefics2 the token *auf*, which globally stands for the colon). Without ``prompts`` it falls back to the
+      delimiter's own token ``":"``.
+    - ``task``: the task word (capital, currency, species, baby, color, flavor).
+    - ``answer``: each prompt's label (:data:`LABEL`); for prompts without a label (an instruction, appendix A.4)
+      the task's whole answer space — the first tokens of all its distinct labels.
 
     Args:
         task: a ``Task`` or a task name (``"country-capital"``).
+        prompts: the prompts the curves will be read from (measures ``input``; decides ``answer``).
 
     Raises:
         TaskError: the task has no task word.
@@ -362,8 +370,55 @@ def default_token_sets(model, task: Any) -> dict[str, Any]:
     word = getattr(task, "task_word", "")
     if not word:
         raise TaskError(f"Task {getattr(task, 'name', task)!r} has no task word; pass token_sets={{'task': [...]}}.")
-    return {"input": token_set(model, ":", "input", warn=False), "task": token_set(model, word, "task", warn=False),
-            "answer": LABEL}
+    prompts = list(prompts) if prompts is not None else None
+    if prompts:
+        input_set = input_token_set(model, prompts, position=position)
+    else:
+        input_set = token_set(model, ":", "input", warn=False)
+    answer: Any = LABEL
+    if prompts and any(p.label is None for p in prompts):
+        labels = list(getattr(task, "labels", []) or [])
+        if not labels:
+            raise TaskError("These prompts have no labels and the task lists none; pass token_sets={'answer': ...}.")
+        answer = token_set(model, labels, "answer", warn=False)
+    return {"input": input_set, "task": token_set(model, word, "task", warn=False), "answer": answer}
+
+
+@torch.no_grad()
+def input_token_set(model, prompts: Sequence[Prompt], layers: Sequence[int] | None = None, position: Any = "last",
+                    coverage: float = 0.5, max_tokens: int = 3, batch_size: int = 16) -> TokenSet:
+    """The paper's INPUT set, measured: the tokens ``position`` decodes to (top-1, logit lens) in early layers.
+
+    The paper reads it off its Figure 4 pies (Idefics2's early layers decode the delimiter to *auf*). Here: take the
+    top-1 decoding of every prompt at every layer of ``layers`` (default: the first quarter of the model), and keep
+    the most frequent tokens until they cover ``coverage`` of those decodings (at most ``max_tokens``).
+
+    Returns:
+        A :class:`TokenSet` named ``"input"``; its ``sources`` say how it was measured.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise TaskError("No prompts to measure the input set on.")
+    n_layers = model.cfg.n_layers
+    early = list(layers) if layers is not None else list(range(max(1, n_layers // 4)))
+    early = [model.layer_index(layer) for layer in early]
+    counts: dict[int, int] = {}
+    total = 0
+    for _, _, resid in _resid_batches(model, prompts, position, sorted(early), batch_size, False, "input set"):
+        top1 = logit_lens(model, resid[:, :, 0], output="logits").argmax(-1)   # [b, L]
+        for token_id in top1.flatten().tolist():
+            counts[token_id] = counts.get(token_id, 0) + 1
+            total += 1
+    ids: list[int] = []
+    covered = 0
+    for token_id, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(ids) >= max_tokens or (ids and covered >= coverage * total):
+            break
+        ids.append(token_id)
+        covered += count
+    tokenizer = model._require_tokenizer()
+    how = f"top-1 at layers {early[0]}..{early[-1]} of {len(prompts)} prompts, {covered}/{total} decodings"
+    return TokenSet("input", tuple(ids), tuple(tokenizer.decode([i]) for i in ids), (how,))
 
 
 # ---------------------------------------------------------------------------------------------- one forward
@@ -675,9 +730,13 @@ class PhaseCurves:
         peaks = self.peaks
         return sorted(self.sets, key=lambda s: (peaks.loc[s, "peak_layer"], self.sets.index(s)))
 
-    def shows_order(self, expected: Sequence[str] = ("input", "task", "answer")) -> bool:
-        """Whether the peaks come in ``expected`` order, at strictly increasing layers."""
+    def shows_order(self, expected: Sequence[str] = ("input", "task", "answer"), min_peak: float = 0.05) -> bool:
+        """Whether the peaks come in ``expected`` order, at strictly increasing layers, and each set's mean
+        probability peaks at ``min_peak`` or more (a curve that never rises above noise shows no phase: the order
+        of peaks at 0.0006 says nothing)."""
         peaks = self.peaks
+        if any(peaks.loc[s, "peak_prob"] < min_peak for s in expected):
+            return False
         layers = [peaks.loc[s, "peak_layer"] for s in expected]
         return all(a < b for a, b in zip(layers, layers[1:]))
 
@@ -712,7 +771,9 @@ def phase_curves(model, prompts: Sequence[Prompt], token_sets: dict[str, Any] | 
     Args:
         prompts: e.g. ``tvl.prompts.icl(task.val + task.test, n_shots=5, pool=task.train)``.
         token_sets: ``{name: members}``; members are strings / ids (shared), :data:`LABEL` or another callable
-            ``prompt -> members``, or one list per prompt. Default: :func:`default_token_sets` of ``task``.
+            ``prompt -> members``, or one list per prompt. Default: :func:`default_token_sets` of ``task`` and these
+            prompts (input measured on them; for instruction prompts — appendix A.4 — the answer set is the task's
+            label space, since an instruction has no label).
         task: a ``Task`` or task name, for the default sets (and the result's provenance).
         position: where to read (default the last token, i.e. the query's delimiter in ICL prompts).
         space_variants: apply the leading-space rule to strings (module docstring).
@@ -730,7 +791,7 @@ def phase_curves(model, prompts: Sequence[Prompt], token_sets: dict[str, Any] | 
     if token_sets is None:
         if task is None:
             raise InputError("Pass token_sets={'input': ..., 'task': ..., 'answer': ...} or task= for the defaults.")
-        token_sets = default_token_sets(model, task)
+        token_sets = default_token_sets(model, task, prompts, position=position)
     if not token_sets:
         raise InputError("token_sets is empty; give at least one set.")
     masks, described = {}, {}
@@ -830,6 +891,7 @@ def decode_vector(model, vector: TaskVector | Tensor, layer: int | None = None, 
 
 
 __all__ = ["LABEL", "LayerLens", "PerPrompt", "PhaseCurves", "TokenSet", "TokenSetWarning", "TopK",
-           "decode_vector", "default_token_sets", "entropy", "find_peak", "first_token", "lens_over_layers",
+           "decode_vector", "default_token_sets", "entropy", "find_peak", "first_token", "input_token_set",
+           "lens_over_layers",
            "logit_lens", "phase_curves", "summarize", "t_quantile_975", "token_mask", "token_probability",
            "token_rank", "token_set", "top1_distribution", "top_k"]

@@ -223,10 +223,13 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         if device is not None and device_map is None and quantization_config is None:
             model = model.to(device)
         processor = tokenizer = None
-        if adapter_for(model).is_multimodal:
+        adapter = adapter_for(model)
+        if adapter.is_multimodal:
             from transformers import AutoProcessor
 
             processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            for attribute, value in adapter.processor_defaults:   # e.g. Idefics2 without image splitting (#15)
+                setattr(getattr(processor, "image_processor", processor), attribute, value)
         else:
             from transformers import AutoTokenizer
 

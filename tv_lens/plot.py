@@ -231,13 +231,19 @@ def sweep(sweep_result: Any, baselines: Mapping[str, Any] | None = None, title: 
     return fig
 
 
-def scaling(frame: pd.DataFrame, x: str = "r", y: str = "accuracy", color: str = "method",
+def scaling(frame: pd.DataFrame, x: str | None = None, y: str = "accuracy", color: str = "method",
             title: str | None = None) -> go.Figure:
-    """Figure 8: mean accuracy (± std over repeats as error bars) against the number of prompts averaged.
+    """Figure 8: mean accuracy (± std over repeats as error bars) against the number of input-output examples
+    behind the vector, as the paper plots it.
 
     Args:
-        frame: from :func:`tv_lens.evaluate.sample_efficiency` (``r, repeat, method, accuracy``).
+        frame: from :func:`tv_lens.evaluate.sample_efficiency` (``r, n_examples, repeat, method, accuracy``).
+        x: the x column; default ``"n_examples"`` (the paper's axis), ``"r"`` (prompts averaged) when the frame
+            has no example counts.
     """
+    if x is None:
+        has_examples = "n_examples" in getattr(frame, "columns", []) and frame["n_examples"].notna().all()
+        x = "n_examples" if has_examples else "r"
     frame = _need(frame, "sample-efficiency frame", [x, y, color])
     stats = frame.groupby([color, x], sort=False)[y].agg(["mean", "std"]).reset_index()
     fig = go.Figure()
@@ -246,7 +252,8 @@ def scaling(frame: pd.DataFrame, x: str = "r", y: str = "accuracy", color: str =
         fig.add_trace(go.Scatter(x=rows[x].tolist(), y=rows["mean"].tolist(), mode="lines+markers", name=str(name),
                                  line={"color": _color(index)},
                                  error_y={"type": "data", "array": rows["std"].fillna(0).tolist(), "visible": True}))
-    fig.update_xaxes(title_text=x, type="log")
+    fig.update_xaxes(title_text={"n_examples": "number of examples", "r": "prompts averaged (r)"}.get(x, x),
+                     type="log")
     fig.update_yaxes(title_text=y)
     fig.update_layout(title=title or f"{y} vs {x}", template="plotly_white")
     return fig

@@ -4,8 +4,10 @@ A :class:`Prompt` is model-agnostic: images are slots that :func:`encode` render
 Named positions come from character offsets in the rendered text, mapped to token indices after tokenization and
 image expansion, so data containing ``:`` or newlines can never shift them:
 
-- ``"delimiter"``: the token that ends the final ``A:`` (the query's), i.e. the last token before the answer;
-- ``"delimiter[k]"``: the k-th demo's delimiter (``"delimiter[-1]"``: the last demo's);
+- ``"query_delimiter"`` (alias ``"delimiter"``): the token that ends the query's ``A:``, i.e. the last token before
+  the answer — where patches act;
+- ``"delimiter[k]"``: the k-th demo's delimiter; ``"delimiter[-1]"``, the LAST DEMO's, is where task vectors are
+  read (the paper's released code, ``src_match=-3``);
 - ``"query"``: every token of the query input (text tokens or image tokens), ``"query[-1]"`` its last token.
 
 Template (Todd et al., the default): demos ``Q:{x}\\nA:{y}\\n\\n``, query ``Q:{x}\\nA:``. Other layouts are a
@@ -17,6 +19,7 @@ single tokens there (`` Paris``), while ``A:Paris`` splits them into rarer piece
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -176,9 +179,10 @@ def _check_label(item: Any) -> str:
     return str(label)
 
 
-def query(item: Any, modality: str = "text", template: Template | str | None = None) -> Prompt:
-    """A contextless query ``Q:{x}\\nA:`` (no demos): the target of a patch, and the no-context baseline."""
-    return icl_prompt([], item, demo_modality=None, query_modality=modality, template=template)
+def query(item: Any, modality: str = "text", template: Template | str | None = None, chat: bool = False) -> Prompt:
+    """A contextless query ``Q:{x}\\nA:`` (no demos): the target of a patch, and the no-context baseline.
+    ``chat=True`` renders it as one user turn of the model's chat template (paper Table 6)."""
+    return icl_prompt([], item, demo_modality=None, query_modality=modality, template=template, chat=chat)
 
 
 def icl_prompt(demos: Sequence[Any], item: Any | None, demo_modality: str | None = "text",
@@ -205,6 +209,16 @@ def icl_prompt(demos: Sequence[Any], item: Any | None, demo_modality: str | None
                   demo_modality=demo_modality if demos else None,
                   query_modality=query_modality if item is not None else None, query_input=query_input, chat=chat,
                   template=t)
+
+
+def instructed_query(item: Any, instruction_text: str, modality: str = "text",
+                     template: Template | str | None = None, chat: bool = False) -> Prompt:
+    """A query with an instruction in context: ``{instruction}\\nQ:{x}\\nA:`` (the paper's "Instruction xBase",
+    Figure 9). Its delimiter is the query's, as in a bare query."""
+    if not instruction_text or not instruction_text.strip():
+        raise TaskError("The instruction is empty.")
+    bare = query(item, modality, template=template, chat=chat)
+    return replace(bare, pieces=(instruction_text.rstrip("\n") + "\n", *bare.pieces), kind="instructed")
 
 
 def instruction(text: str) -> Prompt:
@@ -258,12 +272,13 @@ def icl(queries: Any, n_shots: int = 5, modality: str = "text", query_modality: 
     return prompts
 
 
-def queries(items: Any, modality: str = "text", template: Template | str | None = None) -> list[Prompt]:
-    """Contextless queries for every item (``Task`` → its ``test`` split)."""
+def queries(items: Any, modality: str = "text", template: Template | str | None = None,
+            chat: bool = False) -> list[Prompt]:
+    """Contextless queries for every item (``Task`` → its ``test`` split); ``chat=True``: chat-template turns."""
     items = list(getattr(items, "test", items))
     if not items:
         raise TaskError("No items to build queries from (empty task or split).")
-    return [query(item, modality, template=template) for item in items]
+    return [query(item, modality, template=template, chat=chat) for item in items]
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -350,7 +365,16 @@ def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -
     plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
     real = [int(i) for i, m in zip(ids.tolist(), mask.tolist()) if m]
     first_real = int(mask.argmax()) if mask.any() else 0  # left padding: real tokens follow the pads
-    to_full = _align(plain_ids, real)
+    # Tokens of an image placeholder are replaced by image tokens in every family, so they take no part in the
+    # alignment (a placeholder spelled in ordinary byte tokens would otherwise match letters of later words).
+    placeholder = model.image_placeholder
+    inside = set()
+    if placeholder and placeholder in text:
+        spans = [(m.start(), m.end()) for m in re.finditer(re.escape(placeholder), text)]
+        inside = {i for i, (start, end) in enumerate(offsets)
+                  if end > start and any(a <= start and end <= b for a, b in spans)}
+    kept = [i for i in range(len(plain_ids)) if i not in inside]
+    to_full = {kept[k]: v for k, v in _align([plain_ids[i] for i in kept], real).items()}
 
     def token_at(char: int) -> int:
         for index, (start, end) in enumerate(offsets):
@@ -456,6 +480,7 @@ __all__ = [
     "icl",
     "icl_prompt",
     "instruction",
+    "instructed_query",
     "queries",
     "query",
     "sample_demos",

@@ -223,8 +223,9 @@ def extract_task_vector(model, prompts: Sequence[Prompt], layers: str | int | Se
         model: a ``HookedMultimodalModel``.
         prompts: e.g. ``tvl.prompts.icl(task.val, n_shots=5, modality="text")``.
         layers: ``"all"``, a layer, or a list.
-        position: where to read (default: the LAST DEMO's delimiter, so the query cannot leak in; ``"delimiter"``
-            reads the query's, as the paper's code does).
+        position: where to read. Default ``"delimiter[-1]"``: the LAST DEMO's ``A:`` delimiter, which is what the
+            paper's released code reads (``src_match=-3``), so the query cannot leak into the vector.
+            ``"query_delimiter"`` (alias ``"delimiter"``) is the query's own ``A:``, which the paper does NOT use.
         batch_size: prompts per forward.
         keep_per_prompt: also keep each prompt's vector (``[n_prompts, n_layers, d_model]``) for
             :meth:`TaskVector.subsample`.
@@ -257,7 +258,38 @@ def extract_task_vector(model, prompts: Sequence[Prompt], layers: str | int | Se
         family=model.cfg.family, d_model=model.cfg.d_model, n_model_layers=model.cfg.n_layers,
         kind=kind or ("instruction" if first.kind == "instruction" else "icl"), modality=first.demo_modality,
         position=str(position), n_prompts=len(prompts), seed=seed, task=task,
-        per_prompt=torch.cat(per_prompt) if per_prompt else None)
+        per_prompt=torch.cat(per_prompt) if per_prompt else None,
+        extra={"n_shots": first.n_demos} if first.kind == "icl" else {})
+
+
+def extract_task_vectors(model, items: Any, n_shots: int = 5, modality: str = "text", seeds: Sequence[int] = (0, 1, 2),
+                         pool: Sequence | None = None, layers: str | int | Sequence[int] = "all",
+                         template: Any = None, chat: bool = False, batch_size: int = 8,
+                         keep_per_prompt: bool = False, progress: bool = True) -> list[TaskVector]:
+    """One task vector per seed, as the paper builds them: for each seed, one ``n_shots`` ICL prompt per
+    validation item (demos from ``pool``, default the task's train split), read at the last demo's delimiter.
+
+    Args:
+        items: a ``Task`` (its ``val`` items; demos from ``train``) or a list of items (then ``pool=`` is needed).
+        modality: of the demos (and of the prompt's query).
+
+    Returns:
+        ``[TaskVector per seed]`` — pass it to :func:`tv_lens.layer_sweep` and as ``vectors={"patch": ...}`` to
+        :func:`tv_lens.evaluate` (seed ``i`` of the evaluation patches vector ``i``).
+    """
+    from .prompts import icl
+    from .protocol import demo_pool
+
+    name = getattr(items, "name", None)
+    queries = list(getattr(items, "val", items))
+    if pool is None and hasattr(items, "train"):
+        pool = list(items.train)
+    pool = demo_pool(queries, pool, modality, n_shots, name or "task")
+    return [extract_task_vector(model, icl(queries, n_shots=n_shots, modality=modality, pool=pool, seed=seed,
+                                           template=template, chat=chat),
+                                layers=layers, batch_size=batch_size, keep_per_prompt=keep_per_prompt, task=name,
+                                seed=seed, progress=progress)
+            for seed in seeds]
 
 
 def instruction_vector(model, text: str, layers: str | int | Sequence[int] = "all",
@@ -283,9 +315,10 @@ def ensemble(vectors: Sequence[TaskVector], weights: Sequence[float] | None = No
         raise VectorError("These vectors share no layer.")
     total = sum(w * torch.stack([v[layer] for layer in layers]) for w, v in zip(weights, vectors))
     first = vectors[0]
+    member_kinds = [kind for v in vectors for kind in (v.extra.get("member_kinds") or [v.kind])]
     return replace(first, vectors=total / sum(weights), layers=layers, kind="ensemble", per_prompt=None,
                    n_prompts=sum(v.n_prompts for v in vectors), modality="+".join(str(v.modality) for v in vectors),
-                   extra={"members": [repr(v) for v in vectors], "weights": weights})
+                   extra={"members": [repr(v) for v in vectors], "member_kinds": member_kinds, "weights": weights})
 
 
 def transfer(vector: TaskVector, to) -> TaskVector:
@@ -311,5 +344,6 @@ def cosine_similarity(a: TaskVector, b: TaskVector, layers: Sequence[int] | None
     return torch.nn.functional.cosine_similarity(va, vb, dim=-1)
 
 
-__all__ = ["TaskVector", "cosine_similarity", "ensemble", "extract_task_vector", "instruction_vector",
+__all__ = ["TaskVector", "cosine_similarity", "ensemble", "extract_task_vector", "extract_task_vectors",
+           "instruction_vector",
            "transfer"]

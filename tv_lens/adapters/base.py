@@ -98,6 +98,12 @@ class Adapter:
         processor_image_kwarg: the processor's keyword for images.
         processor_kwargs: keyword arguments always passed to the processor (``(name, value)`` pairs; the caller's
             own keywords win).
+        processor_defaults: ``(attribute, value)`` pairs set on the image processor when ``from_pretrained`` loads
+            it (Idefics2: ``do_image_splitting=False``, the paper's setting); a processor given to ``from_hf`` is
+            left as it is.
+        render_images: ``(model, texts, images per prompt, padding_side) -> inputs``: the family lays out images
+            itself, anywhere in the text, where its HF processor cannot (Fuyu: several images, text before them);
+            ``None``: the processor does it.
         max_images_per_prompt: the most images the family's processor can lay out in one prompt (``None``: no
             limit); ``prepare`` refuses more with an ``InputError``.
         prefix_reuse: a prompt's KV cache may be reused to run only its last token again (false where position
@@ -134,6 +140,8 @@ class Adapter:
     has_resid_mid: bool = True
     processor_image_kwarg: str = "images"
     processor_kwargs: tuple[tuple[str, Any], ...] = ()
+    processor_defaults: tuple[tuple[str, Any], ...] = ()
+    render_images: Callable | None = None
     max_images_per_prompt: int | None = None
     images_first: bool = False
     prefix_reuse: bool = True

@@ -1,5 +1,11 @@
 """Idefics2 (``Idefics2ForConditionalGeneration``): SigLIP tower + perceiver connector + Mistral.
 
+Images are NOT split by default: the paper ran Idefics2 with ``do_image_splitting=False`` (one 64-token image per
+placeholder), while the processor of ``HuggingFaceM4/idefics2-8b`` splits each image into 4 crops + the whole image
+(5 × 64 tokens). ``HookedMultimodalModel.from_pretrained`` therefore turns splitting off (``processor_defaults``);
+``set_image_splitting(model, True)`` restores the processor's own behaviour. A processor you pass to ``from_hf`` is
+used as it is.
+
 ``hook_image_features`` is the connector's output (MLP projection, then the perceiver resampler):
 ``[n_images (crops), resampler_n_latents, d_model]``.
 """
@@ -45,7 +51,21 @@ IDEFICS2 = Adapter(
     image_features=("model.connector",),
     image_placeholder="<image>",
     image_spans=_image_spans,
-    notes="image[j] covers every crop of image j when the processor splits images (idefics2-8b does).",
+    processor_defaults=(("do_image_splitting", False),),
+    notes="images are not split (the paper's setting, 64 tokens each); set_image_splitting(model, True) splits "
+          "them into 4 crops + the whole image, and image[j] then covers every crop of image j.",
 )
+
+
+def set_image_splitting(model, split: bool) -> None:
+    """Make an Idefics2 ``HookedMultimodalModel`` split images (``True``: the processor's 5 × 64 tokens) or not
+    (``False``: the paper's setting and tv_lens's default, 64 tokens per image)."""
+    if model.adapter.family != "idefics2":
+        from ..errors import IncompatibleArgumentsError
+
+        raise IncompatibleArgumentsError(f"Image splitting is an Idefics2 option; this model is "
+                                         f"{model.adapter.family}.")
+    # the processor expands the text's <image> from this same attribute, so text and pixels always agree
+    model.processor.image_processor.do_image_splitting = bool(split)
 
 ADAPTERS = [IDEFICS2]

@@ -129,6 +129,9 @@ class Inputs:
             raise InputError(
                 f"{self.cfg.family} takes at most {limit} image(s) per prompt: its processor cannot lay out more "
                 f"(prompt {row} has {n_placeholders[row]}). Give each image its own prompt.")
+        if flat_images and self.adapter.render_images is not None:   # the family lays out images itself (Fuyu)
+            per_prompt = _split_per_prompt(flat_images, n_placeholders)
+            return self._to_device(dict(self.adapter.render_images(self, texts, per_prompt, padding_side)))
         if self.adapter.images_first and flat_images:
             late = [i for i, (t, n) in enumerate(zip(texts, n_placeholders)) if not t.startswith(placeholder * n)]
             if late:

@@ -22,6 +22,7 @@ See ``docs/tasks.md``.
 
 from ..errors import TaskError
 from .core import Task, TaskItem, TaskWarning, split_items
+from .descriptions import paper_descriptions
 from .loaders import (
     DATA_DIR,
     IMAGES_DIR,
@@ -51,6 +52,7 @@ __all__ = [
     "fetch_paper_data",
     "save_json",
     "split_items",
+    "paper_descriptions",
     "DATA_DIR",
     "IMAGES_DIR",
     "PAPER_TASKS",

@@ -158,12 +158,19 @@ class Task:
         return [(it.input, it.output) for it in self.split(split)]
 
     # -------------------------------------------------------------- derived
-    def with_images(self, *, existing: bool = False) -> Task:
+    def with_images(self, *, existing: bool = False, min_train: int = 5) -> Task:
         """The task restricted to items that have an image; each split is filtered the same way, so they stay disjoint.
+
+        When fewer than ``min_train`` imaged items are left in ``train`` (4 of the 6 shipped tasks have none: their
+        images all went to val/test), the imaged items are RE-SPLIT so that ``train`` keeps a quarter of them (at
+        least ``min_train``, the paper's 5 shots) and val:test keep their ratio — image ICL demos must come from
+        train, never from the split being scored (:func:`tv_lens.evaluate` refuses otherwise). A
+        :class:`TaskWarning` says when this happens.
 
         Args:
             existing: also drop items whose image file is missing on disk (default: keep every item with an image
                 slot, so a missing file fails loudly in :meth:`TaskItem.open_image` instead of shrinking the task).
+            min_train: the fewest imaged train items accepted without a re-split (``0``: never re-split).
 
         Raises:
             TaskError: no item has an image.
@@ -174,6 +181,23 @@ class Task:
             what = "an image file on disk" if existing else "an image"
             raise TaskError(f"task {self.name!r}: no item has {what}")
         out = replace(self, items=items, **{s: [it for it in getattr(self, s) if keep(it)] for s in SPLITS})
+        n_train = max(min_train, round(0.25 * len(items)))
+        rest = len(items) - n_train
+        if len(out.train) < min_train and rest < 2:
+            warnings.warn(f"task {self.name!r} has {len(items)} imaged items: too few to keep min_train={min_train} "
+                          "for image demos plus val and test; splits kept as they are (image ICL on it will be "
+                          "refused)", TaskWarning, stacklevel=2)
+        elif len(out.train) < min_train:
+            ratio = len(self.val) / max(1, len(self.val) + len(self.test))
+            n_val = min(rest - 1, max(1, round(rest * ratio)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TaskWarning)
+                val, test, train = split_items(items, n_val=n_val, n_test=rest - n_val, seed=self.seed or 0,
+                                               name=self.name)
+            warnings.warn(f"task {self.name!r}: only {len(out.train)} imaged train items; re-split the "
+                          f"{len(items)} imaged items into val {len(val)} / test {len(test)} / train {len(train)} "
+                          "so demos never come from the split being scored", TaskWarning, stacklevel=2)
+            out = replace(out, val=val, test=test, train=train)
         for s in ("val", "test"):
             if not getattr(out, s):
                 warnings.warn(f"task {self.name!r}: the {s} split has no items with images", TaskWarning, stacklevel=2)
