@@ -43,6 +43,13 @@ def task_document(name: str, entities=None) -> dict:
             "items": candidate_items(name, entities if entities is not None else _entities())}
 
 
+def render_document(doc: dict) -> str:
+    """The shipped files' layout: header fields one per line, then one item per line."""
+    head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in doc.items() if k != "items")
+    items = ",\n".join("  " + json.dumps(it, ensure_ascii=False) for it in doc["items"])
+    return "{\n" + head + ',\n "items": [\n' + items + "\n ]\n}\n"
+
+
 @torch.no_grad()
 def measure(model, names, n_val: int = 30, n_test: int = 100, n_shots: int = 5, seed: int = 0,
             max_new_tokens: int = 8, log=print) -> pd.DataFrame:
@@ -95,18 +102,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/selection.csv"))
     parser.add_argument("--write", action="store_true", help="write the accepted tasks into tv_lens/tasks/data/")
     parser.add_argument("--tasks", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--n-test", type=int, default=100, help="test items per candidate (default 100)")
+    parser.add_argument("--append", action="store_true", help="add rows to an existing --out file")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     hf, tokenizer = load_smollm2()
     model = HookedMultimodalModel.from_hf(hf, tokenizer=tokenizer, model_name="SmolLM2-135M-Instruct")
-    table = measure(model, args.tasks)
+    table = measure(model, args.tasks, n_test=args.n_test, log=lambda msg: print(msg, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and args.out.is_file():
+        old = pd.read_csv(args.out)
+        table = pd.concat([old[~old["task"].isin(table["task"])], table], ignore_index=True)
     table.to_csv(args.out, index=False, float_format="%.3f")
     print(table.round(2).to_string(index=False))
     if args.write:
         for name in table.loc[table["accepted"], "task"]:
-            (DATA_DIR / f"{name}.json").write_text(json.dumps(task_document(name), indent=1, ensure_ascii=False)
-                                                   + "\n", encoding="utf-8")
+            (DATA_DIR / f"{name}.json").write_text(render_document(task_document(name)), encoding="utf-8")
             print(f"wrote {DATA_DIR / f'{name}.json'}")
     return 0
 

@@ -23,7 +23,7 @@ import torch
 UNSEEN = [
     ("flags/pr.png", "Puerto Rico", "flags"), ("flags/gl.png", "Greenland", "flags"),
     ("flags/hk.png", "Hong Kong", "flags"), ("flags/ps.png", "Palestine", "flags"),
-    ("flags/xk.png", "Kosovo", "flags"), ("flags/fo.png", "Faroe Islands", "flags"),
+    ("flags/as.png", "American Samoa", "flags"), ("flags/fo.png", "Faroe Islands", "flags"),
     ("flags/bm.png", "Bermuda", "flags"), ("flags/ky.png", "Cayman Islands", "flags"),
     ("flags/aw.png", "Aruba", "flags"), ("flags/gi.png", "Gibraltar", "flags"),
     ("flags/im.png", "Isle of Man", "flags"), ("flags/nc.png", "New Caledonia", "flags"),
