@@ -9,7 +9,7 @@ and items with a 95% bootstrap CI; the paired differences xPatch − xBase and P
 Then Figure 3's phase curves and an HTML report (:mod:`tv_lens.report`).
 
     tv-lens demo                 # full protocol (val 30 / test ≤ 100 items per task, seeds 0, 1, 2)
-    tv-lens demo --quick         # a few minutes: val 10 / test 20, seeds 0, 1, 2
+    tv-lens demo --quick         # smaller: val 8 / test 12, seeds 0, 1, 2, two candidate layers
 """
 
 from __future__ import annotations
@@ -241,7 +241,8 @@ def run_demo(args) -> int:
     from .report import write_report
 
     quick = bool(getattr(args, "quick", False))
-    n_val, n_test = (10, 20) if quick else (30, 100)
+    n_val, n_test = (8, 12) if quick else (30, 100)
+    k_layers = 2 if quick else EXACT_MATCH_CANDIDATES
     out = Path(getattr(args, "out", None) or "tv_lens_demo")
     template = getattr(args, "template", None) or "qa"
     torch.set_grad_enabled(False)
@@ -252,11 +253,11 @@ def run_demo(args) -> int:
     results = {}
     for name, task_names in suites().items():
         results[name] = run_suite(model, name, task_names, n_val=n_val, n_test=n_test, template=template,
-                                  log=lambda msg: print(msg, flush=True))
+                                  k_layers=k_layers, log=lambda msg: print(msg, flush=True))
         print_suite(results[name])
     phase_task = reference_tasks()[0] if reference_tasks() else "country-capital"
     task = load(phase_task, n_val=n_val, n_test=n_test).with_images()
-    queries = (task.val + task.test)[:20 if quick else 50]
+    queries = (task.val + task.test)[:12 if quick else 50]
     curves = {}
     for modality in ("text", "image"):
         prompts = icl(queries, n_shots=5, modality=modality, query_modality=modality, pool=task.train or None,

@@ -121,6 +121,8 @@ def findings(results: dict, meta: dict) -> dict[str, list[str]]:
         if gap > 0.1:
             out["not"].append(prefix + f"xPatch's first-token accuracy is {gap:.2f} above its exact match: part of "
                               "the paper's metric here is a prefix match of the first token, not the answer.")
+    if not out["shows"]:
+        out["shows"].append("Nothing at this sample size: every comparison's 95% CI includes 0 (see below).")
     if "reference" in str(meta.get("model", "")):
         out["not"].append("This model's vision side was trained to make image tokens look like the entity's name to "
                           "the LM (docs/reference_vlm.md), so text→image transfer is partly built in; these numbers "

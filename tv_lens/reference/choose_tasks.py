@@ -4,7 +4,8 @@ For every candidate in :mod:`tv_lens.reference.candidates`: 5-shot text ICL ("Im
 text query, i.e. the paper's ``base`` on text), no-context and the majority-of-demos baseline on the test split
 (val 30 / test ≤ 100, split seed 0), scored by exact match of the whole greedy answer (first-token beside it).
 A task is accepted when ICL ≥ 0.5, no-context ≤ 0.10 and majority ≤ 0.30 (both the demo-majority method and the
-share of the task's most common label). Every candidate is written to ``results/selection.csv``, rejected ones too;
+share of the task's most common label), and the label is not simply the entity's name (see :func:`judge`). Every
+candidate is written to ``results/selection.csv``, rejected ones too;
 ``--write`` also writes the accepted ones as task files beside the paper's six.
 
     python -m tv_lens.reference.choose_tasks [--write] [--out results/selection.csv]
@@ -68,28 +69,43 @@ def measure(model, names, n_val: int = 30, n_test: int = 100, n_shots: int = 5, 
             res = evaluate(model, task, ["no_context", "majority", "base"], query_modality="text", n_shots=n_shots,
                            seeds=(seed,), max_new_tokens=max_new_tokens, progress=False)
             scores = res.scores.set_index("method")
-            labels = Counter(it["output"] for it in doc["items"])
             row = {"task": name, "n_items": len(doc["items"]), "n_test": len(task.test),
                    "icl_exact": scores.loc["base", "exact_match"], "icl_first_token": scores.loc["base", "accuracy"],
                    "no_context_exact": scores.loc["no_context", "exact_match"],
                    "no_context_first_token": scores.loc["no_context", "accuracy"],
-                   "majority_exact": scores.loc["majority", "exact_match"],
-                   "top_label_share": labels.most_common(1)[0][1] / len(doc["items"])}
-            reasons = []
-            if row["icl_exact"] < ICL_MIN:
-                reasons.append(f"ICL {row['icl_exact']:.2f} < {ICL_MIN}")
-            if row["no_context_exact"] > NO_CONTEXT_MAX:
-                reasons.append(f"no-context {row['no_context_exact']:.2f} > {NO_CONTEXT_MAX}")
-            if max(row["majority_exact"], row["top_label_share"]) > MAJORITY_MAX:
-                reasons.append(f"majority {max(row['majority_exact'], row['top_label_share']):.2f} > {MAJORITY_MAX}")
-            row["accepted"] = not reasons
-            row["reason"] = "; ".join(reasons)
+                   "majority_exact": scores.loc["majority", "exact_match"]}
+            row = judge(row)
             rows.append(row)
             log(f"{name}: ICL {row['icl_exact']:.2f} (first token {row['icl_first_token']:.2f}), no-context "
                 f"{row['no_context_exact']:.2f}, majority {row['majority_exact']:.2f} / top label "
                 f"{row['top_label_share']:.2f} -> {'ACCEPT' if row['accepted'] else 'reject: ' + row['reason']} "
                 f"({time.perf_counter() - start:.0f} s)")
     return pd.DataFrame(rows)
+
+
+def judge(row: dict) -> dict:
+    """Add the label statistics (from the task data, no model) and the verdict to a measured row.
+
+    Besides the three thresholds on text, a task whose label IS the entity's name for more than ``MAJORITY_MAX`` of
+    its items is rejected: the reference VLM is trained to answer an image with the name, so on image queries
+    no-context would already score it and the task would show recognition, not transfer.
+    """
+    doc = task_document(row["task"])
+    labels = Counter(it["output"] for it in doc["items"])
+    row = dict(row, top_label_share=labels.most_common(1)[0][1] / len(doc["items"]),
+               label_is_name_share=sum(it["output"] == it["input"] for it in doc["items"]) / len(doc["items"]))
+    reasons = []
+    if row["icl_exact"] < ICL_MIN:
+        reasons.append(f"ICL {row['icl_exact']:.2f} < {ICL_MIN}")
+    if row["no_context_exact"] > NO_CONTEXT_MAX:
+        reasons.append(f"no-context {row['no_context_exact']:.2f} > {NO_CONTEXT_MAX}")
+    if max(row["majority_exact"], row["top_label_share"]) > MAJORITY_MAX:
+        reasons.append(f"majority {max(row['majority_exact'], row['top_label_share']):.2f} > {MAJORITY_MAX}")
+    if row["label_is_name_share"] > MAJORITY_MAX:
+        reasons.append(f"label is the name for {row['label_is_name_share']:.2f} of items (image no-context names it)")
+    row["accepted"] = not reasons
+    row["reason"] = "; ".join(reasons)
+    return row
 
 
 def main(argv=None) -> int:
@@ -113,6 +129,7 @@ def main(argv=None) -> int:
     if args.append and args.out.is_file():
         old = pd.read_csv(args.out)
         table = pd.concat([old[~old["task"].isin(table["task"])], table], ignore_index=True)
+    table = pd.DataFrame([judge(row) for row in table.to_dict(orient="records")])
     table.to_csv(args.out, index=False, float_format="%.3f")
     print(table.round(2).to_string(index=False))
     if args.write:
