@@ -193,3 +193,12 @@ def test_text_icl_vector_patched_into_image_queries_does_name_lower(reference_mo
     exact = res.scores.set_index("method")["exact_match"]
     assert exact["xpatch"] - exact["no_context"] >= MARGIN, exact.to_dict()
     assert exact["xpatch"] - exact["xbase"] >= MARGIN, exact.to_dict()
+
+
+def test_demo_refuses_a_dtype_it_cannot_honour():
+    from tv_lens.errors import InputError
+
+    with pytest.raises(InputError, match="not a torch floating dtype"):
+        D.load_model(dtype="int8")
+    with pytest.raises(InputError, match="float32, bfloat16"):
+        D.load_model(dtype="float33")

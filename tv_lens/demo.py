@@ -59,11 +59,21 @@ def suites() -> dict[str, list[str]]:
     return {"paper": list(PAPER_TASKS), "reference": reference_tasks()}
 
 
-def load_model() -> HookedMultimodalModel:
-    """The reference VLM, hooked."""
+def load_model(device: str | None = None, dtype: str | torch.dtype | None = None) -> HookedMultimodalModel:
+    """The reference VLM, hooked (float32 on the CPU unless ``device`` / ``dtype`` say otherwise).
+
+    Raises:
+        InputError: ``dtype`` names no torch floating dtype.
+    """
+    from .errors import InputError
     from .reference import load_reference_vlm
 
-    hf_model, processor = load_reference_vlm()
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+            raise InputError(f"--dtype {dtype!r} is not a torch floating dtype; use float32, bfloat16 or float16.")
+        dtype = resolved
+    hf_model, processor = load_reference_vlm(dtype=dtype or torch.float32, device=device)
     return HookedMultimodalModel.from_hf(hf_model, processor=processor, model_name="tv_lens reference VLM")
 
 
@@ -248,7 +258,7 @@ def run_demo(args) -> int:
     torch.set_grad_enabled(False)
     start = time.perf_counter()
     print("Loading the reference VLM (real SmolLM2-135M + the shipped vision tower)...", flush=True)
-    model = load_model()
+    model = load_model(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
     print(model, flush=True)
     results = {}
     for name, task_names in suites().items():
