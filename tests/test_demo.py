@@ -201,3 +201,14 @@ def test_demo_refuses_a_dtype_it_cannot_honour():
         D.load_model(dtype="int8")
     with pytest.raises(InputError, match="float32, bfloat16"):
         D.load_model(dtype="float33")
+
+
+def test_demo_refuses_an_unknown_suite_before_loading_anything(tmp_path):
+    from tv_lens.errors import InputError
+
+    with pytest.raises(SystemExit):
+        D.main(["--suite", "nope", "--out", str(tmp_path)])
+    import argparse
+
+    with pytest.raises(InputError, match="choose both, paper, reference"):
+        D.run_demo(argparse.Namespace(suite="nope", out=str(tmp_path), quick=True, dtype="float32x"))

@@ -250,6 +250,11 @@ def run_demo(args) -> int:
     """``tv-lens demo``: load the reference VLM, run both suites, print the tables, write the report."""
     from .report import write_report
 
+    chosen = getattr(args, "suite", None) or "both"
+    if chosen not in ("both", *suites()):
+        from .errors import InputError
+
+        raise InputError(f"--suite {chosen!r}: choose both, {', '.join(suites())}.")
     quick = bool(getattr(args, "quick", False))
     n_val, n_test = (8, 12) if quick else (30, 100)
     k_layers = 2 if quick else EXACT_MATCH_CANDIDATES
@@ -262,6 +267,8 @@ def run_demo(args) -> int:
     print(model, flush=True)
     results = {}
     for name, task_names in suites().items():
+        if chosen not in ("both", name):
+            continue
         results[name] = run_suite(model, name, task_names, n_val=n_val, n_test=n_test, template=template,
                                   k_layers=k_layers, log=lambda msg: print(msg, flush=True))
         print_suite(results[name])
@@ -276,9 +283,27 @@ def run_demo(args) -> int:
         print(f"\nPhases, {modality} ICL ({phase_task}, {len(prompts)} prompts): peak layer / probability")
         print(curves[modality].peaks.round(4).to_string())
     elapsed = time.perf_counter() - start
-    meta = {"model": model.cfg.model_name, "items": f"val {n_val} / test ≤ {n_test} per task",
+    meta = {"model": model.cfg.model_name, "suites": ", ".join(results), "items": f"val {n_val} / test ≤ {n_test} per task",
             "seeds": ", ".join(map(str, SEEDS)), "template": template, "phase task": phase_task,
             "minutes": round(elapsed / 60, 1)}
     report = write_report(out, results, curves, meta)
     print(f"\nReport: {report} ({elapsed / 60:.1f} min)")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m tv_lens.demo``: the demo, with ``--suite`` to run one suite only (``tv-lens demo`` runs both)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The offline demo on the reference VLM.")
+    parser.add_argument("--out", default="tv_lens_demo")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--template", default="qa")
+    parser.add_argument("--suite", default="both", choices=["both", *suites()])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    return run_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
