@@ -200,7 +200,7 @@ def write_report(out: Path | str, results: dict, curves: dict, meta: dict) -> Pa
     first = True
     for name, suite in results.items():
         parts += [f"<h2>{html.escape(name)} suite: exact match</h2>", table_html(suite, "exact_match"),
-                  f"<h3>Paired differences (exact match; the same seed and item draws for both methods)</h3>",
+                  "<h3>Paired differences (exact match; the same seed and item draws for both methods)</h3>",
                   diff_html(suite, "exact_match"),
                   "<h3>First-token accuracy (the paper's metric), same runs</h3>", table_html(suite, "first_token"),
                   "<h3>Layer choice on validation</h3><p class='note'>The best layers of the first-token sweep, "
