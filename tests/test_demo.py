@@ -82,6 +82,8 @@ def test_table_puts_majority_in_every_suite_and_formats_the_ci():
     assert list(table.index) == [D.ROW_NAMES[m] for m in D.METHODS]
     assert table.loc["Random (majority label)", "Avg"].startswith("0.05 [")
     assert list(table.columns) == ["t-one", "t-two", "Avg"]
+    suite = fake_suite(RATES_WIN)
+    assert "Text ICL xPatch" in repr(suite) and "0.60 [" in suite._repr_html_()
 
 
 def test_findings_follow_the_numbers_not_fixed_text():

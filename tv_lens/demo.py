@@ -143,6 +143,14 @@ class SuiteResult:
         table.index = [ROW_NAMES[m] for m in table.index]
         return table
 
+    def __repr__(self) -> str:
+        return (f"SuiteResult({self.name}: {len(self.tasks)} tasks, layers {self.best})\n"
+                + self.table("exact_match").to_string())
+
+    def _repr_html_(self) -> str:
+        return (f"<b>SuiteResult</b> {self.name} (exact match, mean [95% CI]; layers {self.best})"
+                + self.table("exact_match").to_html())
+
     def diff_table(self, metric: str = "exact_match") -> pd.DataFrame:
         rows = self.diffs[self.diffs["metric"] == metric]
         table = rows.assign(cell=[f"{a:+.2f} [{b:+.2f}, {c:+.2f}]" for a, b, c in
