@@ -48,8 +48,27 @@ def png(path: Path, color=(200, 30, 30, 255), mode="RGBA") -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- shipped tasks
-def test_list_tasks_is_the_papers_six_in_order():
-    assert T.list_tasks() == list(T.PAPER_TASKS) == list(COUNTS)
+def test_list_tasks_is_the_papers_six_in_order_then_the_reference_suite():
+    names = T.list_tasks()
+    assert names[:6] == list(T.PAPER_TASKS) == list(COUNTS)
+    assert names[6:] == sorted(names[6:]) and len(names[6:]) >= 3
+
+
+def test_reference_suite_files_are_exactly_what_the_selection_script_writes():
+    """The reference suite (tasks chosen for SmolLM2 by tv_lens.reference.choose_tasks) is generated data: each file
+    must be reproducible from tv_lens.reference.candidates over the trained entities, and be one it accepted."""
+    import pandas as pd
+
+    from tv_lens.reference.candidates import CANDIDATES
+    from tv_lens.reference.choose_tasks import render_document, task_document
+
+    selection = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "selection.csv")
+    accepted = set(selection.loc[selection["accepted"], "task"])
+    for name in T.list_tasks()[6:]:
+        assert name in CANDIDATES and name in accepted, name
+        assert (T.DATA_DIR / f"{name}.json").read_text(encoding="utf-8") == render_document(task_document(name))
+        task = T.load(name)
+        assert task.n_with_images == len(task) and len(task.val) == 30 and len(task.test) == 100
 
 
 @pytest.mark.parametrize("name", list(COUNTS))
