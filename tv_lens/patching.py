@@ -422,6 +422,13 @@ def _chunks(cells: list[tuple[int, int, int]], start_of: Callable[[int], int], s
     return chunks
 
 
+def _croppable(cache: Any, seq_len: int) -> bool:
+    """Whether the cache still holds every position (a sliding-window layer past its window keeps only the last
+    ``window - 1``, so it cannot be cut back to a shorter prefix)."""
+    windows = [getattr(layer, "sliding_window", None) for layer in getattr(cache, "layers", [])]
+    return hasattr(cache, "crop") and all(w is None or seq_len < w for w in windows)
+
+
 def _repeat_inputs(inputs: dict, rows: int) -> dict:
     """A batch of one prompt repeated ``rows`` times (images repeat with their row, in order)."""
     out = {}
@@ -470,6 +477,8 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
     clean_run, corrupted_run, grid, kind = _setup(model, clean, corrupted, hook, layers, positions, heads)
     clean_logits, clean_acts, _ = _capture(model, clean_run, grid.names)
     corrupted_logits, _, kv_cache = _capture(model, corrupted_run, [], use_cache=model.adapter.prefix_reuse)
+    if kv_cache is not None and not _croppable(kv_cache, corrupted_run.ids.shape[1]):
+        kv_cache = None
     with torch.no_grad():
         clean_metric = float(metric(clean_logits[None], clean_logits)[0])
         corrupted_metric = float(metric(corrupted_logits[None], clean_logits)[0])
