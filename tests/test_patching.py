@@ -223,3 +223,27 @@ def test_span_positions_of_different_sizes_raise():
 
 def test_text_only_families_are_listed():
     assert TEXT_ONLY_FAMILIES & set(FAMILIES)
+
+
+def test_plots_label_tokens_and_mark_image_spans():
+    from tv_lens import plot
+    from tv_lens.errors import InputError as PlotInputError
+
+    tiny, hooked = _tiny("llava")
+    clean, corrupted = _pair(tiny, hooked)
+    metric = patching.logit_diff(hooked, 3, 5)
+    result = patching.activation_patching(hooked, clean, corrupted, metric, positions="all", layers=[0],
+                                          progress=False)
+    fig = plot.patching_grid(result)
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert len(ticks) == len(result.positions) and ticks[-1].endswith(plot.show_token(result.corrupted_tokens[-1]))
+    first, last = result.image_spans[0]
+    assert len(fig.layout.shapes) == 1
+    assert (fig.layout.shapes[0].x0, fig.layout.shapes[0].x1) == (first - 0.5, last + 0.5)
+    heads = patching.activation_patching(hooked, clean, corrupted, metric, hook="z", positions=[-1], progress=False)
+    head_fig = plot.patching_heads(heads)
+    assert len(head_fig.data[0].z) == hooked.cfg.n_layers and len(head_fig.data[0].z[0]) == hooked.cfg.n_heads
+    with pytest.raises(PlotInputError, match="patching_grid"):
+        plot.patching_heads(result)
+    with pytest.raises(PlotInputError, match="head="):
+        plot.patching_grid(heads)
