@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import positions as _positions
+from .adapters import resolve_path
 from .errors import HookNameError, IncompatibleArgumentsError, InputError, PositionError
 
 HOOK_KINDS = {
@@ -406,17 +407,20 @@ class _RowPatch:
 
 def _chunks(cells: list[tuple[int, int, int]], start_of: Callable[[int], int], seq_len: int, max_rows: int,
             max_tokens: int) -> list[list[tuple[int, int, int]]]:
-    """Cells sorted by their earliest patched position (latest first), cut into chunks of at most ``max_rows`` rows
-    and ``max_tokens`` re-run tokens (rows × suffix length)."""
-    ordered = sorted(cells, key=lambda c: -start_of(c[1]))
+    """Cells sorted by layer, then by earliest patched position (latest first), cut into chunks of at most
+    ``max_rows`` rows and ``max_tokens`` re-run tokens (rows × suffix length). A chunk then shares one first layer
+    and one prefix, the two things a batched forward can skip."""
+    ordered = sorted(cells, key=lambda c: (-c[0], -start_of(c[1])))
     chunks: list[list] = []
     current: list = []
+    first = seq_len
     for cell in ordered:
-        suffix = seq_len - start_of(cell[1])   # the earliest start in the chunk is this (latest-sorted) cell's
-        if current and (len(current) + 1 > max_rows or (len(current) + 1) * suffix > max_tokens):
+        start = min(first, start_of(cell[1]))
+        if current and (len(current) + 1 > max_rows or (len(current) + 1) * (seq_len - start) > max_tokens):
             chunks.append(current)
-            current = []
+            current, start = [], start_of(cell[1])
         current.append(cell)
+        first = start
     if current:
         chunks.append(current)
     return chunks
@@ -427,19 +431,6 @@ def _croppable(cache: Any, seq_len: int) -> bool:
     ``window - 1``, so it cannot be cut back to a shorter prefix)."""
     windows = [getattr(layer, "sliding_window", None) for layer in getattr(cache, "layers", [])]
     return hasattr(cache, "crop") and all(w is None or seq_len < w for w in windows)
-
-
-def _repeat_inputs(inputs: dict, rows: int) -> dict:
-    """A batch of one prompt repeated ``rows`` times (images repeat with their row, in order)."""
-    out = {}
-    for key, value in _model_inputs(inputs).items():
-        if isinstance(value, Tensor) and value.ndim >= 1:
-            out[key] = value.repeat(rows, *([1] * (value.ndim - 1)))
-        elif isinstance(value, list):
-            out[key] = value * rows
-        else:
-            out[key] = value
-    return out
 
 
 def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Callable, *, hook: str = "resid_pre",
@@ -491,6 +482,9 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
     params = _forward_params(model)
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    decoder_layers = resolve_path(model.hf_model, model.adapter.layers)
+    if kv_cache is not None and not hasattr(kv_cache, "layers"):
+        kv_cache = None   # a cache without per-layer entries cannot hold one row early and many rows late
 
     def start_of(pi: int) -> int:
         start = min(grid.pairs[pi].corrupted)
@@ -524,23 +518,38 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
             patches.append(patch)
             hooks.append((grid.names[li], patch))
         n_rows = len(chunk)
+        # Layers before the chunk's first patched layer see the unpatched prompt: they run on ONE row, which a
+        # pre-hook on the first patched layer repeats into one row per cell.
+        first_layer = grid.layers[min(li for li, _, _ in chunk)]
         if start > 0:
             cache = copy.deepcopy(kv_cache)
             cache.crop(-(seq_len - start))
-            cache.batch_repeat_interleave(n_rows)
-            step = {"input_ids": corrupted_run.ids[:, start:].repeat(n_rows, 1)}
+            for index, cache_layer in enumerate(cache.layers):
+                if index >= first_layer:
+                    cache_layer.batch_repeat_interleave(n_rows)
+            step = {"input_ids": corrupted_run.ids[:, start:]}
             mask = corrupted_run.inputs.get("attention_mask")
-            step["attention_mask"] = (mask if mask is not None else torch.ones_like(corrupted_run.ids)).repeat(n_rows, 1)
+            step["attention_mask"] = mask if mask is not None else torch.ones_like(corrupted_run.ids)
             for key, value in corrupted_run.inputs.items():   # other per-token inputs (token types) follow the ids
                 if key not in step and key != "offset_mapping" and isinstance(value, Tensor) and value.ndim == 2 \
                         and value.shape == corrupted_run.ids.shape:
-                    step[key] = value[:, start:].repeat(n_rows, 1)
+                    step[key] = value[:, start:]
             step[cache_kwarg] = cache
             step["use_cache"] = True
         else:
-            step = {**_repeat_inputs(corrupted_run.inputs, n_rows), "use_cache": False}
-        with torch.no_grad(), model.hooks(hooks):
-            logits = model.hf_model(**step, **keep_last).logits[:, -1]
+            step = {**_model_inputs(corrupted_run.inputs), "use_cache": False}
+
+        def widen(module, args, kwargs, n_rows=n_rows):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            wide = hidden.expand(n_rows, *hidden.shape[1:]).contiguous()
+            return ((wide, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": wide})
+
+        handle = decoder_layers[first_layer].register_forward_pre_hook(widen, with_kwargs=True, prepend=True)
+        try:
+            with torch.no_grad(), model.hooks(hooks):
+                logits = model.hf_model(**step, **keep_last).logits[:, -1]
+        finally:
+            handle.remove()
         silent = [name for (name, _), patch in zip(hooks, patches) if patch.fired != 1]
         if silent:
             from .errors import PatchNotFiredError
