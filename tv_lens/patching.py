@@ -311,6 +311,11 @@ def _forward_params(model) -> frozenset[str]:
     return frozenset(inspect.signature(model.hf_model.forward).parameters)
 
 
+def _keep_last(model) -> dict[str, int]:
+    """Unembed only the last token (the metric reads nothing else), where the HF forward allows it."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
+
+
 def _hook_names(model, hook: str, layers: Sequence[int]) -> list[str]:
     kind = hook.removeprefix("hook_")
     if kind not in HOOK_KINDS:
@@ -334,7 +339,7 @@ def _capture(model, run: _Run, names: list[str], use_cache: bool = False) -> tup
         store[hook.name] = act[0].detach()
 
     with torch.no_grad(), model.hooks([(name, save) for name in names]):
-        out = model.hf_model(**_model_inputs(run.inputs), use_cache=use_cache)
+        out = model.hf_model(**_model_inputs(run.inputs), use_cache=use_cache, **_keep_last(model))
     cache = None
     if use_cache:
         cache = out.get("cache") if isinstance(out, dict) and out.get("cache") is not None else out.past_key_values
@@ -481,7 +486,7 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         if model.cfg.is_multimodal else -1
     params = _forward_params(model)
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    keep_last = _keep_last(model)
     decoder_layers = resolve_path(model.hf_model, model.adapter.layers)
     if kv_cache is not None and not hasattr(kv_cache, "layers"):
         kv_cache = None   # a cache without per-layer entries cannot hold one row early and many rows late
@@ -591,7 +596,8 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
         return act + leaf
 
     with torch.enable_grad(), model.hooks([(name, watch) for name in grid.names]):
-        logits = model.hf_model(**_model_inputs(corrupted_run.inputs), use_cache=False).logits[:, -1]
+        logits = model.hf_model(**_model_inputs(corrupted_run.inputs), use_cache=False,
+                                **_keep_last(model)).logits[:, -1]
         value = metric(logits, clean_logits)
         missing = [name for name in grid.names if name not in zeros]
         if missing:
