@@ -373,3 +373,86 @@ def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) 
 
 __all__ = ["cie_heatmap", "lens_heatmap", "phases", "pies", "save", "scaling", "show_token", "similarity_heatmap", "sweep",
            "vector_map"]
+
+
+# ---------------------------------------------------------------------------------------------- patching (#17)
+def _patching_z(result: Any, value: str) -> Any:
+    if not hasattr(result, "recovery") or not hasattr(result, "positions"):
+        raise InputError(f"Patching plots take a tv_lens.patching.PatchingResult, got {type(result).__name__}.")
+    if value not in ("recovery", "scores"):
+        raise InputError(f"value must be 'recovery' or 'scores', not {value!r}.")
+    z = getattr(result, value)
+    if z.numel() == 0:
+        raise TaskError("Nothing to plot: the patching result is empty.")
+    return z
+
+
+def patching_grid(result: Any, value: str = "recovery", head: int | None = None, title: str | None = None
+                  ) -> go.Figure:
+    """Layer × position heatmap of an activation- or attribution-patching grid; columns are labelled with the
+    corrupted prompt's tokens (or the position names), and image tokens are shaded.
+
+    Args:
+        result: a :class:`tv_lens.patching.PatchingResult`.
+        value: ``"recovery"`` (0 = corrupted, 1 = clean; diverging colours around 0) or ``"scores"`` (the metric).
+        head: for per-head results, which head to show (default: the sum over heads of ``scores``, the recovery of
+            patching them one at a time is not additive, so pick a head for ``"recovery"``).
+    """
+    z = _patching_z(result, value)
+    if result.heads is not None:
+        if head is None and value == "recovery":
+            raise InputError("A per-head result: pass head=... (or plot it with patching_heads).")
+        z = z[:, :, result.heads.index(head)] if head is not None else z.sum(-1)
+    else:
+        z = z[:, :, 0]
+    tokens = list(result.corrupted_tokens)
+    labels = []
+    for pair in result.positions:
+        first = pair.corrupted[0]
+        if pair.label.split(":")[0].strip().isdigit() and first < len(tokens):
+            labels.append(f"{first} {show_token(tokens[first])}")
+        else:
+            labels.append(pair.label)
+    x = list(range(len(result.positions)))
+    bound = float(z.nan_to_num().abs().max()) or 1.0
+    colour = {"zmid": 0, "colorscale": "RdBu", "reversescale": True} if value == "recovery" else {
+        "colorscale": "Viridis"}
+    fig = go.Figure(go.Heatmap(z=z.tolist(), x=x, y=list(result.layers), colorbar={"title": value},
+                               customdata=[labels] * len(result.layers),
+                               hovertemplate="layer %{y}, %{customdata}: %{z:.3f}<extra></extra>",
+                               **({"zmin": -bound, "zmax": bound} if value == "recovery" else {}), **colour))
+    for first, last in result.image_spans:
+        columns = [i for i, pair in enumerate(result.positions) if first <= pair.corrupted[0] <= last]
+        if columns:
+            fig.add_vrect(x0=min(columns) - 0.5, x1=max(columns) + 0.5, fillcolor="gray", opacity=0.15,
+                          line_width=1, line_dash="dot", annotation_text="image", annotation_position="top left")
+    fig.update_xaxes(tickmode="array", tickvals=x, ticktext=labels, title_text="corrupted prompt position",
+                     tickangle=-60)
+    fig.update_yaxes(title_text="layer")
+    fig.update_layout(title=title or f"{result.method} patching of {result.hook} ({result.metric}): {value}",
+                      template="plotly_white")
+    return fig
+
+
+def patching_heads(result: Any, value: str = "recovery", position: int = 0, title: str | None = None
+                   ) -> go.Figure:
+    """Layer × head heatmap of a per-head patching result (``hook="z"`` or ``"result"``) at one position column."""
+    z = _patching_z(result, value)
+    if result.heads is None:
+        raise InputError(f"patching_heads needs a per-head result (hook='z' or 'result'), not hook={result.hook!r}; "
+                         "use patching_grid.")
+    if not 0 <= position < len(result.positions):
+        raise InputError(f"position {position} is out of range: the result has {len(result.positions)} columns.")
+    z = z[:, position, :]
+    bound = float(z.nan_to_num().abs().max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=z.tolist(), x=list(result.heads), y=list(result.layers), zmid=0, zmin=-bound,
+                               zmax=bound, colorscale="RdBu", reversescale=True, colorbar={"title": value},
+                               hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(result.heads))
+    fig.update_yaxes(title_text="layer")
+    fig.update_layout(title=title or f"{result.method} patching of heads ({result.hook}) at "
+                                     f"{result.positions[position].label}: {value}", template="plotly_white")
+    return fig
+
+
+__all__ += ["patching_grid", "patching_heads"]
