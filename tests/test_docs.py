@@ -238,7 +238,7 @@ def test_api_reference_lists_every_public_module():
 def test_api_reference_lists_the_public_names_of_each_module_it_documents_in_part():
     """A module documented name by name (``::: tv_lens.adapters.register_adapter``) must list all of its __all__."""
     directives = _api_directives()
-    partial = {d.rsplit(".", 1)[0] for d in directives} - directives
+    partial = {d.rsplit(".", 1)[0] for d in directives} - directives - {"tv_lens"}   # tv_lens: the test above
     missing = []
     for module_name in sorted(partial):
         try:
@@ -246,6 +246,8 @@ def test_api_reference_lists_the_public_names_of_each_module_it_documents_in_par
         except ImportError:
             continue                         # the parent is a class, not a module
         for name in getattr(module, "__all__", ()):
+            if name.startswith("__"):
+                continue
             obj = getattr(module, name)
             target = f"{getattr(obj, '__module__', module_name)}.{getattr(obj, '__qualname__', name)}"
             if not (_covered(f"{module_name}.{name}", directives) or _covered(target, directives)):
