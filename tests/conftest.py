@@ -28,7 +28,10 @@ def pytest_terminal_summary(terminalreporter):
 
     module = sys.modules.get("test_docs")
     if module is not None and getattr(module, "RESULTS", None):
-        from docs_harness import summary_table
+        from docs_harness import ROOT, summary_table, write_report
 
         terminalreporter.section("doc tests")
         terminalreporter.write_line(summary_table(module.RESULTS))
+        report = ROOT / "build" / "doc_tests.json"
+        write_report(module.RESULTS, report)
+        terminalreporter.write_line(f"per-block times: {report}")
