@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test docs bench clean
+.PHONY: venv demo test doctest docs bench clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# only the docs pages' code blocks (also part of `make test`); see docs/doc_tests.md
+doctest: venv
+	$(PY) -m pytest -q tests/test_docs.py
 
 docs: venv
 	$(PY) -m pip install -q -e ".[docs]"
