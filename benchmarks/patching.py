@@ -64,7 +64,7 @@ def main() -> None:
                         help="run the exact grid on every k-th layer only and extrapolate per cell (slow machines)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    from tv_lens.models import load_smollm2
+    from tv_lens.offline import load_smollm2
 
     hf_model, tokenizer = load_smollm2()
     model = tvl.HookedMultimodalModel.from_hf(hf_model, tokenizer=tokenizer)

@@ -5,7 +5,7 @@ Run: python examples/phase_sets_smollm2.py  (about 3 minutes on 2 CPU cores)
 import warnings; warnings.simplefilter("ignore")
 import tv_lens as tvl
 from tv_lens import lens, prompts as P
-from tv_lens.models import load_smollm2
+from tv_lens.offline import load_smollm2
 m, tok = load_smollm2(); model = tvl.HookedMultimodalModel.from_hf(m, tokenizer=tok)
 task = tvl.tasks.load("country-capital")
 prompts = P.icl(task.val + task.test, n_shots=5, pool=task.train, seed=0)

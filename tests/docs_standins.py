@@ -27,7 +27,7 @@ STANDINS: dict[str, str] = {
 
 DESCRIPTIONS = {
     "reference-vlm": "the reference VLM (tv_lens.reference.load_reference_vlm)",
-    "smollm2": "SmolLM2-135M-Instruct (tv_lens.models.load_smollm2)",
+    "smollm2": "SmolLM2-135M-Instruct (tv_lens.offline.load_smollm2)",
 }
 
 DROPPED = ("dtype", "device", "device_map", "quantization_config", "torch_dtype", "low_cpu_mem_usage")
@@ -45,7 +45,7 @@ def load_standin(kind: str):
         model, processor = load_reference_vlm()
         return tvl.HookedMultimodalModel.from_hf(model, processor=processor)
     if kind == "smollm2":
-        from tv_lens.models import load_smollm2
+        from tv_lens.offline import load_smollm2
 
         model, tokenizer = load_smollm2()
         return tvl.HookedMultimodalModel.from_hf(model, tokenizer=tokenizer)

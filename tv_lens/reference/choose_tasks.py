@@ -110,7 +110,7 @@ def judge(row: dict) -> dict:
 
 def main(argv=None) -> int:
     from ..model import HookedMultimodalModel
-    from ..models import load_smollm2
+    from ..offline import load_smollm2
     from ..tasks import DATA_DIR
     from .candidates import CANDIDATES
 
