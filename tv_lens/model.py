@@ -612,8 +612,12 @@ class HookedMultimodalModel(HookedRootModule):
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise InputError("No text given.")
+        from .checks import check_context, check_images_per_prompt, check_texts
+
+        check_texts(texts)
         placeholder = self.adapter.image_placeholder
         n_placeholders = [t.count(placeholder) if placeholder else 0 for t in texts]
+        check_images_per_prompt(images, n_placeholders)
         flat_images = _flatten_images(images, n_placeholders)
         if len(flat_images) != sum(n_placeholders):
             raise InputError(
@@ -657,6 +661,7 @@ class HookedMultimodalModel(HookedRootModule):
                 encoded = tokenizer(texts, return_tensors="pt", padding=True, **processor_kwargs)
             finally:
                 tokenizer.padding_side = old_side
+        check_context(self, encoded["input_ids"], encoded.get("attention_mask"))
         return self._to_device(dict(encoded))
 
     @property

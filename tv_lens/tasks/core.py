@@ -82,8 +82,9 @@ class TaskItem:
                     return _to_rgb(im)
         except ImageError:
             raise
-        except Image.DecompressionBombError as exc:   # the limit above comes first; PIL's is a backstop
-            raise ImageError(f"image file {path} (item {self.input!r}) is too large to decode: {exc}") from None
+        except Image.DecompressionBombError as exc:   # PIL checks at open, over twice its own limit
+            raise ImageError(f"image file {path} (item {self.input!r}) is over the limit ({MAX_IMAGE_PIXELS:,} "
+                             f"pixels; PIL: {exc})") from None
         except Image.DecompressionBombWarning as exc:  # pragma: no cover - the size check comes first
             raise ImageError(f"image file {path} (item {self.input!r}) is too large to decode: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
