@@ -95,7 +95,8 @@ def test_atomic_write_keeps_the_old_file_on_any_error_including_ctrl_c(tmp_path)
 def test_vector_save_keeps_the_users_suffix(tmp_path):
     text, image = _vector(), _vector()
     p1, p2 = text.save(tmp_path / "cc.icl.text"), image.save(tmp_path / "cc.icl.image")
-    assert (p1.name, p2.name) == ("cc.icl.text.safetensors", "cc.icl.image.safetensors")   # was: both cc.icl.safetensors
+    # was: both went to cc.icl.safetensors, the second overwriting the first
+    assert (p1.name, p2.name) == ("cc.icl.text.safetensors", "cc.icl.image.safetensors")
     assert torch.equal(tvl.TaskVector.load(p1).vectors, text.vectors)
     assert torch.equal(tvl.TaskVector.load(p2).vectors, image.vectors)
     assert text.save(tmp_path / "v.safetensors").name == "v.safetensors"

@@ -72,7 +72,8 @@ class UnsafePathError(TaskError):
 
 
 class ImageError(TaskError):
-    """An image that cannot be used: unreadable, empty (0×0), or over the size limit (``tv_lens.tasks.MAX_IMAGE_PIXELS``)."""
+    """An image that cannot be used: unreadable, empty (0×0), or over the size limit
+    (``tv_lens.tasks.core.MAX_IMAGE_PIXELS``)."""
 
 
 class ContextLengthError(InputError):

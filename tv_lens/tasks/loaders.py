@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskError, UnsafePathError
+from ..io import atomic_write, atomic_write_text
 from .core import Task, TaskItem, check_items, split_items
 
 __all__ = [
@@ -85,7 +86,7 @@ def _resolve_image(key: Any, *, root: Path | None, where: str, confine: bool = F
 
 
 def check_inside(path: _PathLike, root: _PathLike, *, where: str = "") -> None:
-    """Raise :class:`~tv_lens.errors.UnsafePathError` unless ``path`` (``..`` and symlinks resolved) lies in ``root``."""
+    """Raise :class:`~tv_lens.errors.UnsafePathError` unless ``path`` (``..``, symlinks resolved) lies in ``root``."""
     real = os.path.realpath(path)
     real_root = os.path.realpath(root)
     try:
@@ -388,8 +389,6 @@ def save_json(task: Task, path: _PathLike, *, relative_to: _PathLike | None = No
     doc = {"name": task.name, "instruction": task.instruction, "task_word": task.task_word, "source": task.source,
            "notes": task.notes,
            "items": [{"input": it.input, "output": it.output, "image": rel(it.image)} for it in task.items]}
-    from ..io import atomic_write_text
-
     return atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
 
 
@@ -510,12 +509,11 @@ def _safe_extract(zip_path: Path, dest: Path) -> None:
                 target = (root / name).resolve()
                 if root != target and root not in target.parents:
                     raise TaskError(f"{zip_path}: member {name!r} would be written outside {root}; refusing")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "wb") as dst:
+                with zf.open(member) as src, atomic_write(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
     except zipfile.BadZipFile as exc:
         raise TaskError(f"{zip_path}: not a valid zip file: {exc}") from exc
-    marker.write_text(str(zip_path.stat().st_size))
+    atomic_write_text(marker, str(zip_path.stat().st_size))
 
 
 def _find_zips(folder: Path) -> list[Path]:
