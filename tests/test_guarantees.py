@@ -121,6 +121,24 @@ def test_killed_vector_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatc
     assert path.read_bytes() == before and _no_temp_files(tmp_path)
 
 
+def test_temp_files_of_killed_writers_are_cleaned_on_the_next_write(tmp_path):
+    dead = 4_000_000
+    while True:   # a process id that is not running
+        try:
+            os.kill(dead, 0)
+            dead += 1
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            dead += 1
+    stale = tmp_path / f".v.safetensors.tmp{dead}-abcd1234"
+    stale.write_bytes(b"x" * 1000)                       # what a SIGKILL-ed save leaves behind
+    alive = tmp_path / f".v.safetensors.tmp{os.getpid()}-abcd1234"
+    alive.write_bytes(b"y")                              # a write in progress in a live process: kept
+    _vector().save(tmp_path / "v.safetensors")
+    assert not stale.exists() and alive.exists()
+
+
 def test_cli_tables_and_figures_are_atomic(tmp_path, monkeypatch):
     path = tmp_path / "sweep.csv"
     frame = pd.DataFrame({"a": [1, 2]})
@@ -337,15 +355,18 @@ def test_bad_arguments_fail_before_the_model_loads(files, tmp_path, monkeypatch,
         config = json.loads((Path(model) / "config.json").read_text())
         (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "m.Model"}}))
         model = remote
-    if case == "merge onto input":
-        (tmp_path / "a.csv").write_text("x\n1\n")
+    if case == "merge onto input":   # a complete one-shard sweep: the old merge overwrote it
+        pd.DataFrame({"task": ["capitals"], "seed": [0], "layer": [0], "accuracy": [0.0], "n": [3],
+                      "query_modality": ["text"], "vector_modality": ["text"], "shard": ["0/1"],
+                      "provenance": [json.dumps({"tasks": {"capitals": {}}, "layers": [0]})]}).to_csv(
+            tmp_path / "a.csv", index=False)
     (tmp_path / "file").write_text("")
     argv = {
         "device": ["sweep", model, task, *SMALL, "--device", "gpu0"],
         "cuda": ["sweep", model, task, *SMALL, "--device", "cuda:7"],
         "batch-size 0": ["sweep", model, task, *SMALL, "--batch-size", "0"],
         "n-shots -1": ["sweep", model, task, *SMALL, "--n-shots", "-1"],
-        "max-new-tokens 0": ["evaluate", model, task, *SMALL, "--max-new-tokens", "0"],
+        "max-new-tokens 0": ["evaluate", model, task, *SMALL, "--methods", "no_context", "--max-new-tokens", "0"],
         "out field": ["sweep", model, task, *SMALL, "--out", tmp_path / "{task}.csv"],
         "out in a file": ["sweep", model, task, *SMALL, "--out", tmp_path / "file" / "s.csv"],
         "remote code": ["sweep", model, task, *SMALL],
@@ -435,3 +456,37 @@ def test_evaluate_layer_file_must_come_from_the_same_model(shards, files, tmp_pa
     assert run("evaluate", files["llama"], files["task"], *SMALL, "--methods", "patch", "--layer",
                tmp_path / "alien.csv", "--out", tmp_path / "r.csv") == 2
     assert "sweep of another/model" in capsys.readouterr().err
+
+
+# ================================================================================= 5. thread safety (#13 implements)
+def test_a_model_used_from_two_threads_at_once_raises(llama):
+    """Documented in docs/guarantees.md; the detection itself is #13's (skipped until it is merged)."""
+    import threading
+
+    concurrent_error = getattr(tvl.errors, "ConcurrentUseError", None)
+    if concurrent_error is None:
+        pytest.skip("ConcurrentUseError (issue 13) is not in this tree yet")
+    batch = llama.prepare(["Q:France\nA:Paris\n\nQ:Spain\nA:"])
+    clean = llama(batch).detach()
+    inside, release = threading.Event(), threading.Event()
+    results: dict = {}
+
+    def blocking(act, hook):
+        inside.set()
+        release.wait(timeout=30)
+        return act
+
+    def first():
+        results["a"] = llama.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_post", blocking)]).detach()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(timeout=60)
+    try:
+        with pytest.raises(concurrent_error):
+            llama(batch)
+    finally:
+        release.set()
+        thread.join(timeout=60)
+    assert torch.allclose(results["a"], clean), "the first call finished unharmed"
+    assert torch.allclose(llama(batch), clean), "and the model is usable afterwards"

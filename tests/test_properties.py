@@ -74,12 +74,15 @@ def test_truncated_or_flipped_vector_files_never_load_wrong(vector_bytes, tmp_pa
 @FAST
 @given(layers=st.lists(st.integers(-3, 8), min_size=1, max_size=5), n=st.integers(1, 6))
 def test_vector_layers_are_in_range_or_refused(layers, n):
-    try:
-        vec = tvl.TaskVector(vectors=torch.zeros(len(layers), 2), layers=layers, model_name="m", family="f",
-                             d_model=2, n_model_layers=n)
-    except VectorError:
-        assert any(not 0 <= x < n for x in layers) or len(set(layers)) < len(layers)
+    def build():
+        return tvl.TaskVector(vectors=torch.zeros(len(layers), 2), layers=layers, model_name="m", family="f",
+                              d_model=2, n_model_layers=n)
+
+    if any(not 0 <= x < n for x in layers) or len(set(layers)) < len(layers):
+        with pytest.raises(VectorError):
+            build()
         return
+    vec = build()
     for layer in range(-n, n):
         name_layer = layer % n
         if name_layer in layers:

@@ -3,7 +3,8 @@
 A write goes to a hidden temp file in the SAME folder (``.NAME.tmpPID-RANDOM``), is flushed and ``fsync``-ed, then
 moved over the target with :func:`os.replace` — atomic on POSIX and Windows for a same-folder rename. The target is
 therefore either the old file or the complete new one, never a half-written mix; the temp file is removed on any
-exception, ``KeyboardInterrupt`` included.
+exception, ``KeyboardInterrupt`` included. A writer killed outright (SIGKILL) cannot clean up; the next write to
+the same target removes such leftovers (:func:`clean_stale_temps`).
 
 Example::
 
@@ -26,7 +27,7 @@ from typing import IO, Any
 from .errors import OutputPathError
 
 __all__ = ["atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_text", "check_writable",
-           "temp_path"]
+           "clean_stale_temps", "temp_path"]
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -48,11 +49,46 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):   # someone else's process, or a platform that cannot tell: keep its file
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temp files that a killed writer (SIGKILL, power loss) left next to ``path``; returns them.
+
+    Only files named like ours (``.NAME.tmpPID-...``) whose process is no longer running are removed, so a write in
+    progress in another live process is never touched.
+    """
+    path = Path(path)
+    removed = []
+    stems = {path.name, path.stem}
+    try:
+        candidates = list(path.parent.glob(".*.tmp*"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        name, sep, rest = tmp.name[1:].rpartition(".tmp")
+        pid = rest.split("-", 1)[0]
+        if not sep or name not in stems or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def _prepare(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{path} is a folder; give a file name inside it.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     return path
 
 
