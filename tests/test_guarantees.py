@@ -417,6 +417,14 @@ def test_debug_shows_the_traceback_and_unexpected_errors_are_one_line(files, tmp
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_sweep_refuses_a_vector_of_another_task(files, tmp_path, monkeypatch, capsys):
+    other = _vector()   # task "cc"; the run's task is "capitals" (old: the one file was used for it anyway)
+    path = other.save(tmp_path / "cc.safetensors")
+    monkeypatch.setattr(cli, "load_model", _no_model)
+    assert run("sweep", files["llama"], files["task"], *SMALL, "--vector", path, "--out", tmp_path / "s.csv") == 2
+    assert "for task(s) ['cc']" in capsys.readouterr().err
+
+
 # ================================================================================= merge provenance
 @pytest.fixture(scope="module")
 def shards(files, tmp_path_factory):
