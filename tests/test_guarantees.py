@@ -145,8 +145,11 @@ def test_cli_tables_and_figures_are_atomic(tmp_path, monkeypatch):
     cli.write_table(frame, path, "sweep")
     before = path.read_text()
 
-    def broken(self, fh, **kw):
-        fh.write("a\n1\n")
+    def broken(self, target, **kw):   # writes part of the table, then the disk is full
+        if hasattr(target, "write"):
+            target.write("a\n1\n")
+        else:                          # the old write_table gave pandas the target path itself
+            Path(target).write_text("a\n1\n")
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
