@@ -21,9 +21,10 @@ PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Chad", "Nd
          ("Cuba", "Havana"), ("Fiji", "Suva"), ("Mali", "Bamako"), ("Oman", "Muscat"), ("Laos", "Vientiane"),
          ("Togo", "Lome"), ("Iraq", "Baghdad"), ("Niger", "Niamey"), ("Nepal", "Kathmandu"), ("Chile", "Santiago")]
 SMALL = ["--n-val", "4", "--n-test", "6", "--n-shots", "2", "--batch-size", "4", "--no-progress"]
-SWEEP_COLUMNS = ["task", "seed", "layer", "accuracy", "n", "query_modality", "vector_modality", "shard"]
+SWEEP_COLUMNS = ["task", "seed", "layer", "accuracy", "n", "query_modality", "vector_modality", "shard",
+                 "provenance"]
 SCORE_COLUMNS = ["task", "method", "query_modality", "seed", "layer", "accuracy", "exact_match", "n", "n_correct",
-                 "n_exact", "n_total", "shard"]
+                 "n_exact", "n_total", "shard", "provenance"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -130,7 +131,9 @@ def test_sweep_csv_json_figure_and_vector_file(files, tmp_path, capsys):
     assert run("sweep", files["llama"], files["task"], *SMALL, "--vector", tmp_path / "v.safetensors",
                "--out", tmp_path / "from_file.csv") == 0
     from_file = pd.read_csv(tmp_path / "from_file.csv")
-    pd.testing.assert_frame_equal(from_file, frame[frame["seed"] == 0].reset_index(drop=True))
+    same = frame[frame["seed"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(from_file.drop(columns="provenance"), same.drop(columns="provenance"))
+    assert json.loads(from_file["provenance"][0])["vectors"]["capitals"]["seed"] == 0, "the file's provenance"
 
 
 def test_sweep_shards_merge_to_the_unsharded_run(files, tmp_path, capsys):

@@ -19,7 +19,10 @@ methods with demos in context (their demos are drawn for the whole split at once
 ``shard``; ``merge`` refuses a missing or repeated shard, recomputes the scores from counts, and for sweeps picks the
 best layer again.
 
-Errors print one line, ``tv-lens: error: ...``, and exit with status 2 (``TV_LENS_DEBUG=1`` shows the traceback).
+Every argument and output location is checked BEFORE a model loads. Errors print one line, ``tv-lens: error: ...``,
+and exit with status 2 (``--debug`` or ``TV_LENS_DEBUG=1`` shows the traceback). Every file is written atomically
+(:mod:`tv_lens.io`); no two outputs of a run share a path; every table carries a ``provenance`` column (model, tasks,
+split sizes, seeds, layers, options, tv_lens version) that ``merge`` and ``evaluate --layer FILE`` check.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import csv
 import dataclasses
 import json
 import os
+import string
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,10 +44,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import lens, plot
+from . import __version__, lens, plot
 from . import prompts as P
 from . import tasks as T
-from .errors import InputError, TaskError, TvLensError
+from .errors import InputError, OutputPathError, ProvenanceError, TaskError, TvLensError, UsageError
+from .io import atomic_write, check_writable
 from .evaluate import METHODS, PATCH_METHODS, EvalResult, SweepResult, best_layer, evaluate, layer_sweep
 from .model import HookedMultimodalModel, _parse_dtype
 from .vectors import TaskVector, ensemble, extract_task_vector, instruction_vector
@@ -54,6 +60,9 @@ CLI_METHODS = ("no_context", *CONTEXT_METHODS, *PATCH_METHODS)   # the head meth
 SWEEP_COLUMNS = ["task", "seed", "layer", "accuracy", "n", "query_modality", "vector_modality", "shard"]
 SCORE_KEYS = ["task", "method", "query_modality", "seed", "layer"]
 EXIT_ERROR = 2
+EXIT_INTERNAL = 1
+TABLE_SUFFIXES = (".csv", ".json")
+OUT_FIELDS = ("i", "n")   # the fields an --out template may use
 
 
 # ---------------------------------------------------------------------------------------------- argument values
@@ -80,6 +89,23 @@ def parse_ints(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one int")
     return values
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
 
 
 def parse_layers(text: str) -> list[int] | None:
@@ -132,6 +158,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
     if path.is_dir() and not (path / "config.json").is_file():
         raise InputError(f"{name} has no config.json: give a folder written by save_pretrained, a hub id, "
                          "or 'smollm2'")
+    check_model_folder(name, trust_remote_code)
     quantization = None
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -144,6 +171,46 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
             quantization_config=quantization, trust_remote_code=trust_remote_code)
     except OSError as err:  # transformers: not a folder and not reachable on the hub
         raise InputError(f"could not load model {name!r}: {_one_line(err)}") from err
+
+
+def check_model_folder(name: str, trust_remote_code: bool) -> None:
+    """Before loading: a local folder must hold a readable config.json, and code from it needs the user's consent."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"{name} has no config.json: give a folder written by save_pretrained, a hub id, "
+                         "or 'smollm2'")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{config_file} is not valid JSON ({_one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{config_file} is not a JSON object")
+    if config.get("auto_map") and not trust_remote_code:
+        raise UsageError(f"{name} needs its own Python code (config.json has auto_map); read it, then pass "
+                         "--trust-remote-code to run it")
+
+
+def check_device(device: str | None) -> None:
+    """``--device``: a torch device that exists on this machine."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--device {device!r} is not a device ({_one_line(err)}); use cpu, cuda, cuda:1 or mps"
+                         ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps", "xpu", "meta") or dev.type == "meta":
+        raise UsageError(f"--device {device}: use cpu, cuda, cuda:N or mps")
 
 
 def _model_from(args) -> HookedMultimodalModel:
@@ -195,13 +262,54 @@ def _instruction_vector(model, task: T.Task, layers: list[int] | str = "all") ->
 
 
 # ---------------------------------------------------------------------------------------------- files and shards
+def fill_out_template(text: str, shard: tuple[int, int] | None) -> str:
+    """``--out`` with ``{i}`` / ``{n}`` filled in from ``--shard`` (``0`` / ``1`` unsharded); other fields raise."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as err:
+        raise UsageError(f"--out {text!r}: {err} (write {{{{ and }}}} for literal braces)") from None
+    unknown = sorted(fields - set(OUT_FIELDS))
+    if unknown:
+        raise UsageError(f"--out {text!r}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                         "only {i} and {n} (the shard) can be filled in")
+    index, count = shard or (0, 1)
+    try:
+        return text.format(i=index, n=count)
+    except (ValueError, IndexError) as err:
+        raise UsageError(f"--out {text!r}: {_one_line(err)}") from None
+
+
 def _out_path(args, default: str) -> Path:
     """``--out`` (``{i}`` / ``{n}`` filled in with the shard), or ``default`` (``.shard{i}of{n}`` when sharded)."""
     shard = getattr(args, "shard", None)
     if args.out:
-        return Path(args.out.format(i=shard[0], n=shard[1]) if shard else args.out)
+        return Path(fill_out_template(args.out, shard))
     path = Path(default)
     return path.with_name(f"{path.stem}.shard{shard[0]}of{shard[1]}{path.suffix}") if shard else path
+
+
+def _table_path(args, default: str) -> Path:
+    path = _out_path(args, default)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise UsageError(f"--out {path}: a table is written as .csv or .json, not {path.suffix or 'no suffix'!r} "
+                         f"(the figure goes next to it as .html)")
+    return path
+
+
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[str | Path] = ()) -> list[Path]:
+    """Before any compute: each output distinct, none an input of the run, each one writable."""
+    resolved: dict[str, Path] = {}
+    for path in outputs:
+        key = os.path.realpath(path)
+        if key in resolved:
+            raise OutputPathError(f"two outputs of this run would go to {path}; choose another --out")
+        resolved[key] = path
+    for given in inputs:
+        if given is not None and os.path.realpath(given) in resolved:
+            raise OutputPathError(f"--out {given} is also an input of this run; write elsewhere")
+    for path in outputs:
+        check_writable(path)
+    return list(outputs)
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -209,14 +317,60 @@ def _sibling(path: Path, suffix: str) -> Path:
 
 
 def write_table(frame: pd.DataFrame, path: Path, kind: str, **extra: Any) -> Path:
-    """``.json``: ``{"kind", **extra, "rows"}``; anything else: CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``.json``: ``{"kind", **extra, "rows"}``; anything else: CSV. Written atomically (:mod:`tv_lens.io`)."""
     if path.suffix.lower() == ".json":
         rows = json.loads(frame.to_json(orient="records"))
-        path.write_text(json.dumps({"kind": kind, **extra, "rows": rows}, indent=1) + "\n")
+        with atomic_write(path) as fh:
+            fh.write(json.dumps({"kind": kind, **extra, "rows": rows}, indent=1) + "\n")
     else:   # strings quoted: model answers may hold line breaks, commas and quotes
-        frame.to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+        with atomic_write(path, newline="") as fh:
+            frame.to_csv(fh, index=False, quoting=csv.QUOTE_NONNUMERIC)
     return path
+
+
+def provenance(args, model, tasks: Sequence[T.Task], **more: Any) -> str:
+    """What a table's rows depend on, as one canonical JSON string (the ``provenance`` column).
+
+    Shard-independent on purpose: the shards of one run carry the same string, so ``merge`` can demand equality.
+    """
+    record = {
+        "tv_lens": __version__, "command": args.command, "model": model.cfg.model_name, "family": model.cfg.family,
+        "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
+        "tasks": {t.name: {"n_val": len(t.val), "n_test": len(t.test), "n_train": len(t.train), "seed": t.seed}
+                  for t in tasks},
+        "n_val": args.n_val, "n_test": args.n_test, "n_shots": args.n_shots, "seeds": list(args.seed),
+        "template": args.template, "chat": bool(args.chat), "case_sensitive": not args.case_insensitive,
+        **more}
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _provenance_of(frame: pd.DataFrame, name: str | Path) -> dict:
+    """The one provenance record of a table (raises unless every row carries the same one)."""
+    if "provenance" not in frame:
+        raise ProvenanceError(f"{name} has no provenance column (written by an older tv-lens?); run it again")
+    values = set(frame["provenance"].astype(str))
+    if len(values) != 1:
+        raise ProvenanceError(f"{name} mixes rows of {len(values)} different runs")
+    try:
+        record = json.loads(values.pop())
+    except (json.JSONDecodeError, RecursionError):
+        raise ProvenanceError(f"{name}: its provenance column is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise ProvenanceError(f"{name}: its provenance is not a JSON object")
+    return record
+
+
+def _check_same_run(frames: dict[str, pd.DataFrame]) -> dict:
+    """All tables come from one run (same provenance); returns it."""
+    records = {name: _provenance_of(frame, name) for name, frame in frames.items()}
+    first_name, first = next(iter(records.items()))
+    for name, record in records.items():
+        diff = sorted(k for k in set(first) | set(record) if first.get(k) != record.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: {first.get(k)!r} vs {record.get(k)!r}" for k in diff[:3])
+            raise ProvenanceError(f"{first_name} and {name} come from different runs ({detail}); merge only the "
+                                  "shards of one run")
+    return first
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -226,10 +380,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no such file: {path}")
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
             return pd.DataFrame(data["rows"] if isinstance(data, dict) else data)
+        with path.open(encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh), [])
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise InputError(f"{path}: column(s) {twice} appear twice in the header")
         return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (ValueError, KeyError, pd.errors.ParserError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError, pd.errors.ParserError) as err:
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"{path} is not a tv-lens output table ({_one_line(err)})") from None
 
 
@@ -298,11 +459,26 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _vector_out(args, default: str) -> Path:
+    """``--out`` for a vector: a file name (``.safetensors`` appended if missing) or a folder to write INTO."""
+    from .vectors import vector_path
+
+    if not args.out:
+        return vector_path(default)
+    text = fill_out_template(args.out, None)
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        path = path / default
+    return vector_path(path)
+
+
 def cmd_extract(args) -> int:
     if len(args.seed) != 1:
-        raise InputError("extract takes one --seed")
+        raise UsageError("extract takes one --seed")
     images = args.modality == "image" and args.kind != "instruction"
     (task,) = load_tasks([args.task], args.n_val, args.n_test, images=images)
+    default = f"{task.name}.{args.kind}" + (f".{args.modality}" if args.kind != "instruction" else "")
+    (out,) = check_outputs([_vector_out(args, default + ".safetensors")], inputs=[args.task])
     model = _model_from(args)
     _check_modalities(model, args.modality)
     layers = "all" if args.layers is None else args.layers
@@ -317,8 +493,10 @@ def cmd_extract(args) -> int:
                                      progress=not args.no_progress)
         if args.kind == "ensemble":
             vector = ensemble([vector, _instruction_vector(model, task, layers)])
-    default = f"{task.name}.{args.kind}" + (f".{args.modality}" if args.kind != "instruction" else "")
-    path = vector.save(_out_path(args, default + ".safetensors"))
+    record = json.loads(provenance(args, model, [task], split=args.split, position=args.position,
+                                   kind=args.kind, modality=args.modality))
+    vector = dataclasses.replace(vector, extra={**vector.extra, "provenance": record})
+    path = vector.save(out)
     print(vector)
     print(f"wrote {path}")
     return 0
@@ -327,14 +505,38 @@ def cmd_extract(args) -> int:
 # ---------------------------------------------------------------------------------------------- sweep
 def cmd_sweep(args) -> int:
     tasks = load_tasks(args.tasks, args.n_val, args.n_test, images="image" in (args.modality, args.query_modality))
-    given = {}
+    given: dict[str, TaskVector] = {}
+    files: dict[str, str] = {}
     for file in args.vector or []:
         vector = TaskVector.load(file)
-        given[vector.task or Path(file).stem] = vector
+        key = vector.task or Path(file).stem
+        if key in given:
+            raise UsageError(f"two --vector files are for task {key!r}; give one per task")
+        given[key], files[key] = vector, file
+    names = [t.name for t in tasks]
+    if given and len(given) == 1 and len(names) == 1 and next(iter(given.values())).task is None:
+        given = {names[0]: next(iter(given.values()))}   # one task, one vector without a task: it is for it
+    foreign = sorted(set(given) - set(names))
+    if foreign:
+        raise ProvenanceError(f"--vector file(s) for task(s) {foreign} (from {[files.get(k) for k in foreign]}); "
+                              f"this run's tasks are {names}")
+    path = _table_path(args, "sweep.csv")
+    check_outputs([path] + ([] if args.shard else [_sibling(path, ".html")]),
+                  inputs=[*args.tasks, *(args.vector or [])])
     model = _model_from(args)
     _check_modalities(model, args.modality, args.query_modality)
+    for name, vector in given.items():
+        vector.check_compatible(model)
+        if vector.model_name != model.cfg.model_name or vector.n_model_layers != model.cfg.n_layers:
+            raise ProvenanceError(f"the --vector for {name!r} comes from {vector.model_name} "
+                                  f"({vector.n_model_layers} layers), not {model.cfg.model_name} "
+                                  f"({model.cfg.n_layers}); to use a vector across models call tvl.transfer")
     all_layers = (list(range(model.cfg.n_layers)) if args.layers is None
                   else sorted({model.layer_index(layer) for layer in args.layers}))
+    vector_record = {name: {"seed": v.seed, "n_prompts": v.n_prompts, "kind": v.kind, "modality": v.modality,
+                            "position": v.position} for name, v in given.items()}
+    record = provenance(args, model, tasks, layers=all_layers, modality=args.modality,
+                        query_modality=args.query_modality, vectors=vector_record or None)
     mine = _shard_units([(task.name, layer) for task in tasks for layer in all_layers], args.shard)
     frames = []
     for task in tqdm(tasks, desc="tasks", disable=args.no_progress, leave=False):
@@ -342,7 +544,7 @@ def cmd_sweep(args) -> int:
         if not layers:
             continue
         if given:
-            vector = given.get(task.name) or (next(iter(given.values())) if len(given) == 1 else None)
+            vector = given.get(task.name)
             if vector is None:
                 raise InputError(f"no --vector for task {task.name!r}; the files hold {sorted(given)}")
             vectors = [vector]
@@ -354,10 +556,10 @@ def cmd_sweep(args) -> int:
                              max_rows=args.batch_size * len(layers), progress=not args.no_progress,
                              template=args.template)
         frame = result.scores.assign(n=len(task.val), query_modality=args.query_modality,
-                                     vector_modality=vectors[0].modality, shard=_shard_label(args.shard))
+                                     vector_modality=vectors[0].modality, shard=_shard_label(args.shard),
+                                     provenance=record)
         frames.append(frame)
-    return _finish_sweep(pd.concat(frames, ignore_index=True), _out_path(args, "sweep.csv"),
-                         partial=args.shard is not None)
+    return _finish_sweep(pd.concat(frames, ignore_index=True), path, partial=args.shard is not None)
 
 
 def _finish_sweep(frame: pd.DataFrame, path: Path, partial: bool) -> int:
@@ -384,10 +586,21 @@ def _read_layer(value: str, model) -> int:
         return model.layer_index(int(value))
     except ValueError:
         pass
+    frame = _sweep_file(value)
+    record = _provenance_of(frame, value)
+    if record.get("model") != model.cfg.model_name or record.get("n_layers") != model.cfg.n_layers:
+        raise ProvenanceError(f"--layer {value} is a sweep of {record.get('model')} ({record.get('n_layers')} "
+                              f"layers), not of {model.cfg.model_name} ({model.cfg.n_layers})")
+    return model.layer_index(best_layer(SweepResult(frame, 0).accuracy_by_layer()))
+
+
+def _sweep_file(value: str) -> pd.DataFrame:
+    """``--layer FILE``: a sweep output with provenance (checked before the model loads)."""
     frame = read_table(value)
     if _kind(frame, value) != "sweep":
         raise InputError(f"--layer {value}: neither a layer number nor a sweep output")
-    return best_layer(SweepResult(frame, 0).accuracy_by_layer())
+    _provenance_of(frame, value)
+    return frame
 
 
 def _patch_vectors(model, task: T.Task, methods: list[str], args, layers: list[int] | str) -> dict[str, list]:
@@ -444,9 +657,18 @@ def cmd_evaluate(args) -> int:
     methods, query = args.methods, args.query_modality
     needs_other = bool({"xbase", "xpatch"} & set(methods))
     tasks = load_tasks(args.tasks, args.n_val, args.n_test, images=query == "image" or needs_other)
+    patch_methods = [m for m in methods if m in PATCH_METHODS]
+    layer_files = []
+    for value in _given_layers(args.layer, patch_methods).values():
+        try:
+            int(value)
+        except ValueError:
+            _sweep_file(value)
+            layer_files.append(value)
+    path = _table_path(args, "results.csv")
+    check_outputs([path, _sibling(path, ".predictions.csv")], inputs=[*args.tasks, *layer_files])
     model = _model_from(args)
     _check_modalities(model, query, _other(query) if needs_other else query)
-    patch_methods = [m for m in methods if m in PATCH_METHODS]
     item_methods = [m for m in methods if m not in CONTEXT_METHODS]
     context_methods = [m for m in methods if m in CONTEXT_METHODS]
     vectors = {}
@@ -479,9 +701,11 @@ def cmd_evaluate(args) -> int:
         n_correct=(result.scores["accuracy"] * result.scores["n"]).round().astype(int),
         n_exact=(result.scores["exact_match"] * result.scores["n"]).round().astype(int),
         n_total=[totals[t] for t in result.scores["task"]])
-    scores = _merge_scores(scores).assign(shard=_shard_label(args.shard))
-    return _finish_evaluate(scores, _sort_predictions(result.predictions), _out_path(args, "results.csv"),
-                            partial=args.shard is not None)
+    record = provenance(args, model, tasks, methods=methods, query_modality=query, layers=layer_of,
+                        max_new_tokens=args.max_new_tokens)
+    scores = _merge_scores(scores).assign(shard=_shard_label(args.shard), provenance=record)
+    predictions = _sort_predictions(result.predictions).assign(provenance=record)
+    return _finish_evaluate(scores, predictions, path, partial=args.shard is not None)
 
 
 def _merge_scores(scores: pd.DataFrame) -> pd.DataFrame:
@@ -496,8 +720,8 @@ def _merge_scores(scores: pd.DataFrame) -> pd.DataFrame:
     merged = merged.assign(accuracy=merged["n_correct"] / merged["n"], exact_match=merged["n_exact"] / merged["n"],
                            method_order=merged["method"].map({m: i for i, m in enumerate(METHODS)}))
     merged = merged.sort_values(["task", "method_order", "seed"], kind="stable")
-    return merged[SCORE_KEYS + ["accuracy", "exact_match", "n", "n_correct", "n_exact", "n_total"]].reset_index(
-        drop=True)
+    keep = SCORE_KEYS + ["accuracy", "exact_match", "n", "n_correct", "n_exact", "n_total"]
+    return merged[keep].reset_index(drop=True)
 
 
 def _sort_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -519,8 +743,13 @@ def _finish_evaluate(scores: pd.DataFrame, predictions: pd.DataFrame | None, pat
 # ---------------------------------------------------------------------------------------------- phases
 def cmd_phases(args) -> int:
     if len(args.seed) != 1:
-        raise InputError("phases takes one --seed")
+        raise UsageError("phases takes one --seed")
     tasks = load_tasks(args.tasks, args.n_val, args.n_test, images=args.modality == "image")
+    path = _out_path(args, "phases.html")
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out {path}: the phases figure is an .html file (the curves go next to it as .csv)")
+    table_path = path.with_suffix(".csv")
+    check_outputs([path, table_path], inputs=args.tasks)
     model = _model_from(args)
     _check_modalities(model, args.modality)
     curves = {}
@@ -532,13 +761,13 @@ def cmd_phases(args) -> int:
                         seed=args.seed[0], chat=args.chat, template=args.template)
         curves[task.name] = lens.phase_curves(model, prompts, task=task, layers=args.layers,
                                               batch_size=args.batch_size, progress=not args.no_progress)
-    path = _out_path(args, "phases.html").with_suffix(".html")
     figure = plot.phases(curves if len(curves) > 1 else next(iter(curves.values())),
                          title=f"{model.cfg.model_name}: {args.modality} ICL, logit lens at the last token")
     plot.save(figure, path)
     frame = pd.concat([c.frame.assign(task=name) for name, c in curves.items()], ignore_index=True)
-    table = write_table(frame[["task"] + [c for c in frame.columns if c != "task"]], path.with_suffix(".csv"),
-                        "phases")
+    frame = frame.assign(provenance=provenance(args, model, tasks, layers=args.layers, modality=args.modality,
+                                               n_prompts=args.n_prompts, task_word=args.task_word))
+    table = write_table(frame[["task"] + [c for c in frame.columns if c != "task"]], table_path, "phases")
     for name, c in curves.items():
         peaks = ", ".join(f"{row.Index} at layer {row.peak_layer} ({row.peak_prob:.3f})"
                           for row in c.peaks.itertuples())
@@ -556,16 +785,26 @@ def cmd_merge(args) -> int:
     if len(set(kinds.values())) > 1:
         raise InputError(f"cannot merge different kinds of output: {kinds}")
     kind = next(iter(kinds.values()))
+    record = _check_same_run(frames)
     if kind != "predictions":
         _check_shards(frames, args.allow_partial)
     frame = pd.concat(frames.values(), ignore_index=True).assign(shard=_shard_label(None))
     path = Path(args.out)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise UsageError(f"--out {path}: a table is written as .csv or .json")
+    siblings = [_sibling(Path(f), ".predictions.csv") for f in frames]
+    with_predictions = kind == "scores" and all(p.is_file() for p in siblings)
+    extra_out = {"sweep": [_sibling(path, ".html")], "scores": [_sibling(path, ".predictions.csv")]
+                 if with_predictions else []}.get(kind, [])
+    check_outputs([path, *extra_out], inputs=[*args.files, *(siblings if with_predictions else [])])
     if kind == "sweep":
         clash = frame[frame.duplicated(["task", "seed", "layer"], keep=False)]
         if not clash.empty:
             row = clash.iloc[0]
             raise InputError(f"task {row.task!r} seed {row.seed} layer {row.layer} is in two files: were they run "
                              "with the same options?")
+        if not args.allow_partial:
+            _check_sweep_complete(frame, record)
         return _finish_sweep(frame.sort_values(["task", "seed", "layer"], kind="stable").reset_index(drop=True),
                              path, partial=False)
     if kind == "predictions":
@@ -573,12 +812,43 @@ def cmd_merge(args) -> int:
         write_table(merged, path, "predictions")
         print(f"wrote {path} ({len(merged)} predictions)")
         return 0
-    siblings = [_sibling(Path(f), ".predictions.csv") for f in frames]
     predictions = None
-    if all(p.is_file() for p in siblings):   # the per-item predictions that `evaluate` wrote next to each file
-        predictions = _sort_predictions(pd.concat([read_table(p) for p in siblings], ignore_index=True))
-    scores = _merge_scores(frame).assign(shard=_shard_label(None))
+    if with_predictions:   # the per-item predictions that `evaluate` wrote next to each file
+        tables = {str(p): read_table(p) for p in siblings}
+        if _check_same_run(tables) != record:
+            raise ProvenanceError("the .predictions.csv files next to the shards come from another run")
+        predictions = _sort_predictions(pd.concat(tables.values(), ignore_index=True))
+    scores = _merge_scores(frame).assign(shard=_shard_label(None), provenance=frame["provenance"].iloc[0])
+    if not args.allow_partial:
+        _check_scores_complete(scores, record)
     return _finish_evaluate(scores, predictions, path, partial=False)
+
+
+def _check_sweep_complete(frame: pd.DataFrame, record: dict) -> None:
+    """Every task of the run has every layer for each of its seeds: no row missing."""
+    layers = set(record.get("layers") or [])
+    for task in record.get("tasks") or {}:
+        rows = frame[frame["task"] == task]
+        if rows.empty:
+            raise InputError(f"no rows for task {task!r}: it is in the run's provenance but in no file")
+        for seed, group in rows.groupby("seed"):
+            missing = sorted(layers - set(int(x) for x in group["layer"]))
+            if missing:
+                raise InputError(f"task {task!r} seed {seed}: layer(s) {missing} are missing from the files "
+                                 "(rows deleted? --allow-partial merges anyway)")
+
+
+def _check_scores_complete(scores: pd.DataFrame, record: dict) -> None:
+    """Every (task, method) of the run is there and counts all of the task's test items."""
+    for task in record.get("tasks") or {}:
+        for method in record.get("methods") or []:
+            if scores[(scores["task"] == task) & (scores["method"] == method)].empty:
+                raise InputError(f"no rows for task {task!r} method {method!r} (rows deleted? --allow-partial)")
+    short = scores[scores["n"] != scores["n_total"]]
+    if not short.empty:
+        row = short.iloc[0]
+        raise InputError(f"task {row.task!r} method {row.method!r} seed {row.seed}: {row.n} of {row.n_total} test "
+                         "items in the files (rows missing; --allow-partial merges anyway)")
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -596,11 +866,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def _run_options(parser: argparse.ArgumentParser, out_help: str, *, layers: bool = True, modality: bool = True,
                  query: bool = True, shard: bool = False, chat: bool = True) -> None:
     parser.add_argument("--out", default=None, help=out_help)
-    parser.add_argument("--n-shots", type=int, default=5, help="demos per ICL prompt (default 5)")
+    parser.add_argument("--n-shots", type=nonnegative_int, default=5, help="demos per ICL prompt (default 5)")
     parser.add_argument("--seed", type=parse_ints, default=[0], help="demo seed(s), e.g. 0 or 0,1,2 (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
-    parser.add_argument("--n-val", type=int, default=30, help="validation items per task (default 30)")
-    parser.add_argument("--n-test", type=int, default=100, help="test items per task (default 100)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass (default 8)")
+    parser.add_argument("--n-val", type=positive_int, default=30, help="validation items per task (default 30)")
+    parser.add_argument("--n-test", type=nonnegative_int, default=100, help="test items per task (default 100)")
     parser.add_argument("--case-insensitive", action="store_true", help="score ignoring case (paper: Fig. 8 only)")
     if layers:
         parser.add_argument("--layers", type=parse_layers, default=None, help="all (default), 12, 0,4,8 or 10-20")
@@ -623,8 +893,9 @@ def _run_options(parser: argparse.ArgumentParser, out_help: str, *, layers: bool
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tv-lens", description="Task vectors and hooks for VLMs.",
-                                     epilog="Docs: docs/cli.md. TV_LENS_DEBUG=1 shows tracebacks.")
+    parser = _Parser(prog="tv-lens", description="Task vectors and hooks for VLMs.",
+                     epilog="Docs: docs/cli.md. --debug (anywhere on the line) or TV_LENS_DEBUG=1 shows tracebacks.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the offline demo on the real SmolLM2-135M")
@@ -671,14 +942,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--layer", action="append",
                             help="patch layer: an int or a sweep output file (its best layer), for every patch "
                                  "method or one (xpatch=16; repeat); default: sweep on val")
-    evaluation.add_argument("--max-new-tokens", type=int, default=6, help="tokens per answer (default 6)")
+    evaluation.add_argument("--max-new-tokens", type=positive_int, default=6, help="tokens per answer (default 6)")
     evaluation.set_defaults(func=cmd_evaluate)
 
     phases = sub.add_parser("phases", help="logit-lens phase curves (Figure 3) as an HTML figure")
     _model_options(phases)
     phases.add_argument("tasks", nargs="+", help="task names, 'all', or .json/.csv files")
     _run_options(phases, "phases.html (default); the curves go next to it as .csv", query=False)
-    phases.add_argument("--n-prompts", type=int, default=100, help="ICL prompts per task (default 100)")
+    phases.add_argument("--n-prompts", type=positive_int, default=100, help="ICL prompts per task (default 100)")
     phases.add_argument("--task-word", default=None, help="the 'task' token set, for tasks that name none")
     phases.set_defaults(func=cmd_phases)
 
@@ -690,21 +961,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line (``tv-lens: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        print(f"tv-lens: error: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def validate(args) -> None:
+    """Checks that need no model and no data: run before anything loads (output paths are checked per command,
+    also before the model loads)."""
+    check_device(getattr(args, "device", None))
+    if getattr(args, "dtype", None):
+        try:
+            _parse_dtype(args.dtype)
+        except (TvLensError, ValueError, TypeError) as err:
+            raise UsageError(f"--dtype {args.dtype}: {_one_line(err)}") from None
+    if getattr(args, "load_in_4bit", False) and not torch.cuda.is_available():
+        raise UsageError("--load-in-4bit needs a CUDA GPU (bitsandbytes); none is available here")
+    if getattr(args, "model", None) and args.command != "demo":
+        check_model_folder(args.model, args.trust_remote_code)
+    if getattr(args, "out", None) and args.command not in ("merge", "demo"):
+        fill_out_template(args.out, getattr(args, "shard", None))
+    if args.command == "demo":
+        check_writable(Path(args.out) / "report.md")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 1 an unexpected error, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("TV_LENS_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            validate(args)
             return args.func(args)
     except KeyboardInterrupt:
         print("tv-lens: interrupted", file=sys.stderr)
         return 130
-    except (TvLensError, OSError, ImportError) as err:
-        if os.environ.get("TV_LENS_DEBUG"):
-            raise
-        print(f"tv-lens: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as err:   # noqa: BLE001 - the one place that turns any error into one line
+        if debug:
+            traceback.print_exc()
+        if isinstance(err, (TvLensError, OSError, ImportError)):
+            print(f"tv-lens: error: {_one_line(err)}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"tv-lens: error: unexpected {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -60,3 +60,31 @@ class TaskError(TvLensError, ValueError):
 class ConcurrentUseError(TvLensError, RuntimeError):
     """A model called from a second thread while it runs in another: hooks, caches and position state live on the
     model, so concurrent runs would mix them. Use one model per thread, or serialise the calls with a lock."""
+
+
+# --- issue 14 ---
+class OutputPathError(TvLensError, OSError):
+    """An output location that cannot be written (read-only folder, a folder where a file is needed) or that two
+    outputs of one run would share."""
+
+
+class ProvenanceError(TvLensError, ValueError):
+    """Files that do not belong together: shards or vectors of another model, task, split, seed or layer set."""
+
+
+class UnsafePathError(TaskError):
+    """A data file names a path outside its data root (``../..``, absolute, a symlink out); pass
+    ``allow_outside_root=True`` to follow it anyway."""
+
+
+class ImageError(TaskError):
+    """An image that cannot be used: unreadable, empty (0×0), or over the size limit
+    (``tv_lens.tasks.core.MAX_IMAGE_PIXELS``)."""
+
+
+class ContextLengthError(InputError):
+    """A prompt longer than the model's context window."""
+
+
+class UsageError(TvLensError, ValueError):
+    """A command-line argument or option value that cannot work (checked before any model loads)."""

@@ -9,7 +9,8 @@ next to any other hook::
     ])
 
 Positions (``at=``) are resolved per row of the running batch (see :mod:`tv_lens.positions`). Every hook counts
-how often it acted; when the ``model.hooks(...)`` block (or ``run_with_hooks`` / ``generate``) ends and a
+how often it acted — "fired" means it acted on at least one row (a ``rows=[]`` or all-False mask acts on none, so it
+does not count); when the ``model.hooks(...)`` block (or ``run_with_hooks`` / ``generate``) ends and a
 position hook never acted, :class:`~tv_lens.errors.PatchNotFiredError` is raised — a patch that did not fire is an
 error, never a silent no-op. A position that does not occur in a row raises ``PositionError`` during the forward.
 """
@@ -26,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import positions as _positions
-from .errors import PatchNotFiredError, VectorError
+from .errors import InputError, PatchNotFiredError, VectorError
 
 _CURRENT: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("tv_lens_current_batch", default=None)
 
@@ -72,21 +73,33 @@ class PositionHook:
 
     def __init__(self, at: Any, rows: Tensor | None = None) -> None:
         self.at = at
-        self.rows = rows
+        self.rows = _as_rows(rows)
         self.fired = 0
+        self._n_rows: int | None = None
 
     def __call__(self, act: Tensor, hook: Any) -> Tensor | None:
         if decoding():  # positions name prompt tokens; a decoding step holds one new token
             return None
         index = current_index(self.at)
+        self._n_rows = None
         out = self.apply(act, index, hook)
-        self.fired += 1
+        if self._n_rows is None or self._n_rows > 0:   # fired = acted on at least one row
+            self.fired += 1
         return out
 
     def _row_selector(self, act: Tensor) -> Tensor:
-        rows = torch.arange(act.shape[0], device=act.device)
+        """The batch rows this hook acts on (``LongTensor[r]``); range-checked, never wrapped."""
+        batch = act.shape[0]
+        rows = torch.arange(batch, device=act.device)
         if self.rows is not None:
-            rows = rows[self.rows.to(act.device)]
+            sel = self.rows.to(act.device)
+            if sel.dtype == torch.bool:
+                if sel.shape != (batch,):
+                    raise InputError(f"rows mask has shape {tuple(sel.shape)}; the batch has {batch} rows.")
+            elif sel.numel() and not (-batch <= int(sel.min()) and int(sel.max()) < batch):
+                raise InputError(f"rows {sel.tolist()[:8]} are out of range for a batch of {batch}.")
+            rows = rows[sel]
+        self._n_rows = int(rows.numel())
         return rows
 
     def apply(self, act: Tensor, index: Tensor, hook: Any) -> Tensor | None:  # pragma: no cover - abstract
@@ -94,6 +107,18 @@ class PositionHook:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(at={self.at!r}, fired={self.fired})"
+
+
+def _as_rows(rows: Any) -> Tensor | None:
+    """``None`` (all rows), a bool mask ``[batch]`` or row indices ``[r]`` as a tensor; ``[]`` selects none."""
+    if rows is None:
+        return None
+    rows = torch.as_tensor(rows)
+    if rows.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if rows.ndim != 1 or not (rows.dtype == torch.bool or not rows.is_floating_point()):
+        raise InputError(f"rows must be a 1-d bool mask or int indices, got {rows.dtype} {tuple(rows.shape)}.")
+    return rows
 
 
 def _check_width(vector: Tensor, act: Tensor, what: str) -> None:
@@ -195,7 +220,8 @@ def check_fired(hook_fns: list[Callable]) -> None:
     if silent:
         raise PatchNotFiredError(
             f"{len(silent)} hook(s) never fired: {silent[:3]}. Their hook point did not run (a layer past "
-            "stop_at_layer? a decode step only?) — a patch that does not fire is an error.")
+            "stop_at_layer? a decode step only?) or their rows= selected no row — a patch that does not change "
+            "anything is an error.")
 
 
 __all__ = ["PositionHook", "add", "check_fired", "current_index", "mean_ablate", "patch", "record", "running",

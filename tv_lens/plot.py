@@ -357,17 +357,15 @@ def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) 
     suffix = path.suffix.lower()
     if not isinstance(fig, go.Figure):
         raise InputError(f"save takes a plotly Figure, got {type(fig).__name__}.")
+    from .io import atomic_save   # the file is the old one or the complete new one, never half-written
+
     if suffix in (".html", ".htm"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_html(path, include_plotlyjs=include_plotlyjs)
-        return path
+        return atomic_save(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=include_plotlyjs))
     if suffix in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
         if importlib.util.find_spec("kaleido") is None:
             raise ModuleNotFoundError(f"Saving {suffix} needs kaleido (`pip install kaleido`); save as .html "
                                       "instead, which needs nothing.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_image(path)
-        return path
+        return atomic_save(path, lambda tmp: fig.write_image(tmp))
     raise InputError(f"Cannot save a figure as {suffix or 'a file without extension'!r}; use .html or .png.")
 
 

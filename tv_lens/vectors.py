@@ -24,7 +24,11 @@ from tqdm.auto import tqdm
 from .errors import LayerOutOfRangeError, TaskError, VectorError
 from .prompts import Prompt, encode, instruction
 
-FORMAT = "tv_lens.task_vector/1"
+FORMAT = "tv_lens.task_vector/2"
+"""Version 2: the checksum covers the metadata too (version 1 covered the tensors only)."""
+SUFFIX = ".safetensors"
+_META_KEYS = ("layers", "model_name", "family", "d_model", "n_model_layers", "kind", "modality", "position",
+              "n_prompts", "seed", "task", "extra")
 
 
 @dataclass
@@ -58,6 +62,17 @@ class TaskVector:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.n_model_layers, int) or isinstance(self.n_model_layers, bool) \
+                or self.n_model_layers < 1:
+            raise VectorError(f"n_model_layers must be a positive int, got {self.n_model_layers!r}.")
+        layers = list(self.layers)
+        bad = [layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool)
+               or not 0 <= layer < self.n_model_layers]
+        if bad:
+            raise VectorError(f"layers {bad[:5]} are not in [0, n_model_layers={self.n_model_layers}).")
+        if len(set(layers)) != len(layers):
+            raise VectorError(f"layers {_short(layers)} name a layer twice.")
+        self.layers = layers
         if self.vectors.ndim != 2 or self.vectors.shape != (len(self.layers), self.d_model):
             raise VectorError(f"vectors must be [len(layers)={len(self.layers)}, d_model={self.d_model}], got "
                               f"{tuple(self.vectors.shape)}.")
@@ -69,6 +84,9 @@ class TaskVector:
     def _row(self, layer: int) -> int:
         if not isinstance(layer, int):
             raise LayerOutOfRangeError(f"Layer must be an int, got {layer!r}.")
+        if not -self.n_model_layers <= layer < self.n_model_layers:
+            raise LayerOutOfRangeError(f"Layer {layer} is out of range: the source model has {self.n_model_layers} "
+                                       f"layers (0..{self.n_model_layers - 1}).")
         if layer < 0:
             layer += self.n_model_layers
         if layer not in self.layers:
@@ -86,9 +104,10 @@ class TaskVector:
             raise ValueError(f"mode must be 'replace' or 'add', not {mode!r}.")
         out = []
         for layer in layers:
-            vec = self[layer]
+            row = self._row(layer)   # range-checked: never wraps
+            vec = self.vectors[row]
             hook = patch(vec, at=at) if mode == "replace" else add(vec, at=at, scale=scale)
-            out.append((f"blocks.{layer % self.n_model_layers}.hook_resid_post", hook))
+            out.append((f"blocks.{self.layers[row]}.hook_resid_post", hook))
         return out
 
     def check_compatible(self, model) -> None:
@@ -119,29 +138,32 @@ class TaskVector:
                 "seed": self.seed, "task": self.task, "extra": self.extra}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path`` (safetensors, metadata in its header) atomically: temp file + rename."""
+        """Write ``path`` (safetensors, metadata in its header) atomically (:mod:`tv_lens.io`).
+
+        The name is kept as given; ``.safetensors`` is APPENDED when the name does not end with it, so
+        ``save("cc.icl.text")`` writes ``cc.icl.text.safetensors`` and never replaces another suffix. A folder
+        raises :class:`~tv_lens.errors.OutputPathError`. Returns the path written.
+        """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from .io import atomic_save
+
+        path = vector_path(path)
         tensors = {"vectors": self.vectors.contiguous().float().cpu()}
         if self.per_prompt is not None:
             tensors["per_prompt"] = self.per_prompt.contiguous().float().cpu()
-        meta = self.metadata()
-        meta["sha256"] = _digest(tensors)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file(tensors, tmp, metadata={"tv_lens": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        meta = json.loads(json.dumps(self.metadata()))   # as it will read back
+        meta["sha256"] = _digest(tensors, meta)
+        return atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"tv_lens": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskVector:
-        """Read a file written by :meth:`save`; validates format, shapes and checksum. Never unpickles."""
+        """Read a file written by :meth:`save`; validates format, metadata, shapes and checksum. Never unpickles.
+
+        Raises:
+            FileNotFoundError: no file. VectorError: not a task-vector file, an old format, a checksum that does
+            not match (tensors AND metadata are covered), or metadata that contradicts the tensors.
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -152,20 +174,35 @@ class TaskVector:
                 header = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:  # safetensors raises several types for garbage input
-            raise VectorError(f"{path} is not a safetensors task-vector file ({err}).") from None
+            raise VectorError(f"{path} is not a safetensors task-vector file ({_one_line(err)}).") from None
         try:
             meta = json.loads(header["tv_lens"])
-        except (KeyError, json.JSONDecodeError):
+        except (KeyError, json.JSONDecodeError, RecursionError):
             raise VectorError(f"{path} has no tv_lens metadata: not a task-vector file.") from None
+        if not isinstance(meta, dict):
+            raise VectorError(f"{path}: its tv_lens metadata is not an object.")
         if meta.get("format") != FORMAT:
-            raise VectorError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}.")
-        if "vectors" not in tensors:
-            raise VectorError(f"{path} holds no 'vectors' tensor.")
-        if meta.get("sha256") != _digest(tensors):
-            raise VectorError(f"{path} is corrupted: its checksum does not match its metadata.")
-        return cls(vectors=tensors["vectors"], per_prompt=tensors.get("per_prompt"),
-                   **{k: meta[k] for k in ("layers", "model_name", "family", "d_model", "n_model_layers", "kind",
-                                           "modality", "position", "n_prompts", "seed", "task", "extra")})
+            hint = " (written by an older tv_lens: extract it again)" if meta.get("format") == \
+                "tv_lens.task_vector/1" else ""
+            raise VectorError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}{hint}.")
+        if "vectors" not in tensors or set(tensors) - {"vectors", "per_prompt"}:
+            raise VectorError(f"{path} must hold a 'vectors' tensor (and optionally 'per_prompt'); it holds "
+                              f"{sorted(tensors)}.")
+        missing = [k for k in _META_KEYS if k not in meta]
+        if missing:
+            raise VectorError(f"{path}: metadata lacks {missing}.")
+        if meta.get("sha256") != _digest(tensors, meta):
+            raise VectorError(f"{path} is corrupted or was edited: its checksum does not match its tensors and "
+                              "metadata.")
+        try:
+            vector = cls(vectors=tensors["vectors"], per_prompt=tensors.get("per_prompt"),
+                         **{k: meta[k] for k in _META_KEYS})
+        except (TypeError, ValueError) as err:
+            raise VectorError(f"{path}: {_one_line(err)}") from None
+        if vector.per_prompt is not None and vector.per_prompt.shape[1:] != vector.vectors.shape:
+            raise VectorError(f"{path}: per_prompt has shape {tuple(vector.per_prompt.shape)}, not "
+                              f"[n, {len(vector.layers)}, {vector.d_model}].")
+        return vector
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
@@ -191,12 +228,31 @@ def _short(layers: Sequence[int]) -> str:
     return str(layers)
 
 
-def _digest(tensors: dict[str, Tensor]) -> str:
+def _digest(tensors: dict[str, Tensor], meta: dict[str, Any]) -> str:
+    """SHA-256 over every tensor (name, shape, bytes) and the metadata (canonical JSON, ``sha256`` left out)."""
     h = hashlib.sha256()
     for key in sorted(tensors):
+        tensor = tensors[key].contiguous().float().cpu()
         h.update(key.encode())
-        h.update(tensors[key].contiguous().float().cpu().numpy().tobytes())
+        h.update(json.dumps(list(tensor.shape)).encode())
+        h.update(tensor.numpy().tobytes())
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode())
     return h.hexdigest()
+
+
+def vector_path(path: str | os.PathLike) -> Path:
+    """Where :meth:`TaskVector.save` writes ``path``: the name as given, ``.safetensors`` appended if missing."""
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        from .errors import OutputPathError
+
+        raise OutputPathError(f"{path} is a folder; give a file name (e.g. {path / ('vector' + SUFFIX)}).")
+    return path if path.name.endswith(SUFFIX) else path.with_name(path.name + SUFFIX)
+
+
+def _one_line(err: Any) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def _layers(model, layers: str | int | Sequence[int]) -> list[int]:

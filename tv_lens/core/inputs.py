@@ -116,8 +116,12 @@ class Inputs:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise InputError("No text given.")
+        from ..checks import check_context, check_images_per_prompt, check_texts
+
+        check_texts(texts)
         placeholder = self.adapter.image_placeholder
         n_placeholders = [t.count(placeholder) if placeholder else 0 for t in texts]
+        check_images_per_prompt(images, n_placeholders)
         flat_images = _flatten_images(images)
         if len(flat_images) != sum(n_placeholders):
             raise InputError(
@@ -131,7 +135,9 @@ class Inputs:
                 f"(prompt {row} has {n_placeholders[row]}). Give each image its own prompt.")
         if flat_images and self.adapter.render_images is not None:   # the family lays out images itself (Fuyu)
             per_prompt = _split_per_prompt(flat_images, n_placeholders)
-            return self._to_device(dict(self.adapter.render_images(self, texts, per_prompt, padding_side)))
+            encoded = self.adapter.render_images(self, texts, per_prompt, padding_side)
+            check_context(self, encoded["input_ids"], encoded.get("attention_mask"))
+            return self._to_device(dict(encoded))
         if self.adapter.images_first and flat_images:
             late = [i for i, (t, n) in enumerate(zip(texts, n_placeholders)) if not t.startswith(placeholder * n)]
             if late:
@@ -169,6 +175,7 @@ class Inputs:
             encoded = call()
         finally:
             tokenizer.padding_side = old_side
+        check_context(self, encoded["input_ids"], encoded.get("attention_mask"))
         return self._to_device(dict(encoded))
 
     def _require_tokenizer(self):

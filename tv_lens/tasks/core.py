@@ -9,11 +9,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import TaskError
+from ..errors import ImageError, TaskError
 
 __all__ = ["TaskItem", "Task", "TaskWarning", "split_items"]
 
 SPLITS = ("val", "test", "train")
+
+MAX_IMAGE_PIXELS = 64_000_000
+"""Largest image (width × height) :meth:`TaskItem.open_image` decodes: 64 megapixels (e.g. 8000 × 8000), about
+192 MB as RGB. Larger files raise :class:`~tv_lens.errors.ImageError` before any pixel is decoded. Raise this
+module attribute (``tv_lens.tasks.core.MAX_IMAGE_PIXELS = ...``) to open bigger images on purpose."""
+
+MAX_IMAGE_SIDE = 32_768
+"""Longest width or height :meth:`TaskItem.open_image` accepts."""
 
 
 class TaskWarning(UserWarning):
@@ -47,8 +55,12 @@ class TaskItem:
     def open_image(self):
         """The item's image as a PIL RGB image (transparency is composited on white).
 
+        16-bit grey PNGs are scaled to 8 bits (not clipped to white). Images over :data:`MAX_IMAGE_PIXELS` or
+        :data:`MAX_IMAGE_SIDE`, and empty (0×0) ones, raise before their pixels are decoded.
+
         Raises:
-            TaskError: the item has no image, or the file is not a readable image (the message names the file).
+            TaskError: the item has no image. ImageError (a TaskError): the file is not a readable image, is empty,
+                or is over the size limit (the message names the file).
             FileNotFoundError: the image file does not exist (the message names it and how to build shipped images).
         """
         from PIL import Image, UnidentifiedImageError
@@ -62,16 +74,55 @@ class TaskItem:
                 hint = " The shipped images are rendered by `python -m tv_lens.reference.build_images`."
             raise FileNotFoundError(f"image file for item {self.input!r} not found: {path}.{hint}")
         try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
-                    rgba = im.convert("RGBA")
-                    out = Image.new("RGB", rgba.size, (255, 255, 255))
-                    out.paste(rgba, mask=rgba.getchannel("A"))
-                    return out
-                return im.convert("RGB")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    _check_size(im.size, path, self.input)   # from the header, before decoding pixels
+                    im.load()
+                    return _to_rgb(im)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:   # PIL checks at open, over twice its own limit
+            raise ImageError(f"image file {path} (item {self.input!r}) is over the limit ({MAX_IMAGE_PIXELS:,} "
+                             f"pixels; PIL: {exc})") from None
+        except Image.DecompressionBombWarning as exc:  # pragma: no cover - the size check comes first
+            raise ImageError(f"image file {path} (item {self.input!r}) is too large to decode: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise TaskError(f"cannot read image file {path} (item {self.input!r}): {exc}") from exc
+            raise ImageError(f"cannot read image file {path} (item {self.input!r}): {exc}") from exc
+
+
+def _check_size(size: tuple[int, int], path: Path, name: str) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image file {path} (item {name!r}) is empty ({width}×{height} pixels)")
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image file {path} (item {name!r}) is {width}×{height} pixels, over the limit "
+                         f"({MAX_IMAGE_PIXELS:,} pixels, {MAX_IMAGE_SIDE} a side; see "
+                         "tv_lens.tasks.core.MAX_IMAGE_PIXELS): shrink it, or raise the limit if you trust the file")
+
+
+def _to_rgb(im):
+    """8-bit RGB: transparency composited on white; 16-bit and 32-bit grey scaled (not clipped) to 0..255."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            top = 1.0 if arr.size and float(arr.max()) <= 1.0 else 255.0
+        elif im.mode == "I" and arr.size and float(arr.max()) > 65535:
+            top = float(2 ** 32 - 1)
+        else:
+            top = 65535.0 if (im.mode.startswith("I;16") or im.mode == "I") else 255.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
 
 
 def _counts(items: Sequence[TaskItem]) -> tuple[int, int]:

@@ -17,7 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import TaskError
+from ..errors import TaskError, UnsafePathError
+from ..io import atomic_write, atomic_write_text
 from .core import Task, TaskItem, check_items, split_items
 
 __all__ = [
@@ -63,23 +64,48 @@ def _text(value: Any, *, field_name: str, where: str) -> str:
     return text
 
 
-def _resolve_image(key: Any, *, root: Path | None, where: str) -> str | None:
+def _resolve_image(key: Any, *, root: Path | None, where: str, confine: bool = False) -> str | None:
+    """The absolute path of an image key (relative keys are relative to ``root``).
+
+    With ``confine`` the path must stay inside ``root`` once ``..`` and symlinks are resolved; else
+    :class:`~tv_lens.errors.UnsafePathError` (pass ``allow_outside_root=True`` to the loader to opt out).
+    """
     if key is None or (isinstance(key, str) and not key.strip()):
         return None
     if not isinstance(key, str | os.PathLike):
         raise TaskError(f"{where}: 'image' must be a path string or null, got {type(key).__name__} {key!r}")
+    if "\x00" in str(key):
+        raise TaskError(f"{where}: 'image' {str(key)!r} holds a NUL character")
     path = Path(str(key).strip()).expanduser()
     if not path.is_absolute():
         path = (root if root is not None else Path.cwd()) / path
-    return os.path.normpath(str(path.absolute()))
+    resolved = os.path.normpath(str(path.absolute()))
+    if confine and root is not None:
+        check_inside(resolved, root, where=where)
+    return resolved
 
 
-def _item_from_row(row: Any, *, where: str, root: Path | None) -> TaskItem:
+def check_inside(path: _PathLike, root: _PathLike, *, where: str = "") -> None:
+    """Raise :class:`~tv_lens.errors.UnsafePathError` unless ``path`` (``..``, symlinks resolved) lies in ``root``."""
+    real = os.path.realpath(path)
+    real_root = os.path.realpath(root)
+    try:
+        inside = os.path.commonpath([real, real_root]) == real_root
+    except ValueError:   # different drives (Windows)
+        inside = False
+    if not inside:
+        prefix = f"{where}: " if where else ""
+        raise UnsafePathError(f"{prefix}image path {str(path)!r} resolves to {real!r}, outside the data root "
+                              f"{real_root!r} (via '..', an absolute path or a symlink). Move the image into the "
+                              "data folder, or pass allow_outside_root=True if you trust this file.")
+
+
+def _item_from_row(row: Any, *, where: str, root: Path | None, confine: bool = False) -> TaskItem:
     if isinstance(row, TaskItem):
         return TaskItem(
             _text(row.input, field_name="input", where=where),
             _text(row.output, field_name="output", where=where),
-            _resolve_image(row.image, root=root, where=where),
+            _resolve_image(row.image, root=root, where=where, confine=confine),
         )
     if isinstance(row, Mapping):
         missing = [k for k in ("input", "output") if k not in row]
@@ -95,8 +121,35 @@ def _item_from_row(row: Any, *, where: str, root: Path | None) -> TaskItem:
     return TaskItem(
         _text(inp, field_name="input", where=where),
         _text(out, field_name="output", where=where),
-        _resolve_image(img, root=root, where=where),
+        _resolve_image(img, root=root, where=where, confine=confine),
     )
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting a task JSON file may have (tasks need 3 levels); deeper files raise ``TaskError``."""
+
+
+def _json_depth_ok(text: str, limit: int) -> bool:
+    """Whether brackets nest at most ``limit`` deep (strings skipped), without recursing."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
 
 
 def _read_json(path: Path) -> Any:
@@ -104,10 +157,16 @@ def _read_json(path: Path) -> Any:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise FileNotFoundError(f"task file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8") from None
+    if not _json_depth_ok(text, MAX_JSON_DEPTH):
+        raise TaskError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels; a task file needs 3")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TaskError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
+    except RecursionError:   # pragma: no cover - the depth check comes first
+        raise TaskError(f"{path}: JSON nested too deeply") from None
 
 
 def _rows_and_meta(data: Any, path: Path) -> tuple[list[Any], dict[str, Any]]:
@@ -125,8 +184,9 @@ def _rows_and_meta(data: Any, path: Path) -> tuple[list[Any], dict[str, Any]]:
     raise TaskError(f"{path}: expected a list of items or an object with an 'items' list, got {type(data).__name__}")
 
 
-def _items(rows: Iterable[Any], *, where: str, root: Path | None, name: str) -> list[TaskItem]:
-    items = [_item_from_row(row, where=f"{where}: item {i}", root=root) for i, row in enumerate(rows)]
+def _items(rows: Iterable[Any], *, where: str, root: Path | None, name: str, confine: bool = False) -> list[TaskItem]:
+    items = [_item_from_row(row, where=f"{where}: item {i}", root=root, confine=confine)
+             for i, row in enumerate(rows)]
     if not items:
         raise TaskError(f"{where}: task {name!r} has no items")
     return check_items(items, name=name)
@@ -178,11 +238,13 @@ def _unknown_task(name: str) -> TaskError:
     )
 
 
-def _load_shipped(name: str, *, n_val: int, n_test: int, seed: int, image_root: _PathLike | None) -> Task:
+def _load_shipped(name: str, *, n_val: int, n_test: int, seed: int, image_root: _PathLike | None,
+                  allow_outside_root: bool = False) -> Task:
     data = _shipped(name)
     rows, meta = _rows_and_meta(data, DATA_DIR / f"{name}.json")
     root = Path(image_root) if image_root is not None else IMAGES_DIR
-    items = _items(rows, where=str(DATA_DIR / f"{name}.json"), root=root, name=name)
+    items = _items(rows, where=str(DATA_DIR / f"{name}.json"), root=root, name=name,
+                   confine=not allow_outside_root and image_root is not None)
     return _build(items, name=meta.get("name", name), instruction=meta.get("instruction", ""),
                   task_word=meta.get("task_word", ""), n_val=n_val, n_test=n_test, seed=seed,
                   source=meta.get("source", ""), notes=meta.get("notes", ""))
@@ -191,24 +253,26 @@ def _load_shipped(name: str, *, n_val: int, n_test: int, seed: int, image_root: 
 # -------------------------------------------------------------------------------------------------- user files
 def from_json(path: _PathLike, *, name: str | None = None, instruction: str | None = None,
               task_word: str | None = None, image_root: _PathLike | None = None, n_val: int = 30, n_test: int = 100,
-              seed: int = 0) -> Task:
+              seed: int = 0, allow_outside_root: bool = False) -> Task:
     """A task from a JSON file.
 
     Accepted shapes: ``{"name", "instruction", "task_word", "items": [{"input", "output", "image"?}, ...]}`` (the shipped
     format, see :func:`save_json`), the paper's ``{"data": [...]}``, or a bare list of items. ``image`` paths are
     relative to ``image_root`` (default: the JSON file's folder) unless absolute. Keyword arguments override the file's
-    metadata; ``name`` defaults to the file's ``name`` field or its stem.
+    metadata; ``name`` defaults to the file's ``name`` field or its stem. Image paths must stay inside the image
+    root (no ``..``, absolute path or symlink leading out) unless ``allow_outside_root=True``.
 
     Raises:
-        FileNotFoundError: no such file. TaskError: invalid JSON, a malformed item (file and item index named), an empty
-        label, no items, or too few items for the splits.
+        FileNotFoundError: no such file. TaskError: invalid JSON, not UTF-8, nested deeper than
+        :data:`MAX_JSON_DEPTH`, a malformed item (file and item index named), an empty label, no items, or too few
+        items for the splits. UnsafePathError: an image path outside the root.
     """
     path = Path(path)
     rows, meta = _rows_and_meta(_read_json(path), path)
     name = name or _meta_str(meta, "name", None, path.stem) or path.stem
     known = _shipped_meta(name)
     root = Path(image_root) if image_root is not None else path.parent
-    items = _items(rows, where=str(path), root=root, name=name)
+    items = _items(rows, where=str(path), root=root, name=name, confine=not allow_outside_root)
     return _build(items, name=name, instruction=_meta_str(meta, "instruction", instruction, known.get("instruction", "")),
                   task_word=_meta_str(meta, "task_word", task_word, known.get("task_word", "")),
                   n_val=n_val, n_test=n_test, seed=seed, source=_meta_str(meta, "source", None, str(path)),
@@ -217,11 +281,12 @@ def from_json(path: _PathLike, *, name: str | None = None, instruction: str | No
 
 def from_csv(path: _PathLike, *, name: str | None = None, instruction: str | None = None,
              task_word: str | None = None, image_root: _PathLike | None = None, n_val: int = 30, n_test: int = 100,
-             seed: int = 0) -> Task:
+             seed: int = 0, allow_outside_root: bool = False) -> Task:
     """A task from a CSV file with a header row and columns ``input``, ``output`` and optionally ``image``.
 
-    Other columns are ignored. ``image`` cells are paths relative to ``image_root`` (default: the CSV file's folder);
-    an empty cell means no image. ``name`` defaults to the file's stem; for a shipped task's name the instruction and
+    Other columns are ignored; a column named twice raises. ``image`` cells are paths relative to ``image_root``
+    (default: the CSV file's folder) and must stay inside it unless ``allow_outside_root=True``; an empty cell means
+    no image. ``name`` defaults to the file's stem; for a shipped task's name the instruction and
     task word default to the shipped ones.
 
     Raises:
@@ -238,7 +303,17 @@ def from_csv(path: _PathLike, *, name: str | None = None, instruction: str | Non
         raise FileNotFoundError(f"task file not found: {path}") from None
     with fh:
         reader = csv.DictReader(fh)
-        header = [h.strip() if isinstance(h, str) else h for h in (reader.fieldnames or [])]
+        try:
+            header = [h.strip() if isinstance(h, str) else h for h in (reader.fieldnames or [])]
+        except UnicodeDecodeError as exc:
+            raise TaskError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8") \
+                from None
+        except csv.Error as exc:
+            raise TaskError(f"{path}: malformed CSV header: {exc}") from None
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise TaskError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header; "
+                            "which one holds the data would be a guess")
         reader.fieldnames = header
         missing = [c for c in ("input", "output") if c not in header]
         if missing:
@@ -254,9 +329,12 @@ def from_csv(path: _PathLike, *, name: str | None = None, instruction: str | Non
                 if not any((v or "").strip() for k, v in row.items() if k is not None):
                     continue  # blank line
                 rows.append(_item_from_row({"input": row["input"], "output": row["output"], "image": row.get("image")},
-                                           where=where, root=root))
+                                           where=where, root=root, confine=not allow_outside_root))
         except csv.Error as exc:
             raise TaskError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise TaskError(f"{path}: near line {reader.line_num}: not UTF-8 text ({exc.reason}); save the file as "
+                            "UTF-8") from None
     if not rows:
         raise TaskError(f"{path}: task {name!r} has no items")
     known = _shipped_meta(name)
@@ -267,11 +345,14 @@ def from_csv(path: _PathLike, *, name: str | None = None, instruction: str | Non
 
 
 def from_pairs(pairs: Iterable[Any], *, name: str = "custom", instruction: str = "", task_word: str = "",
-               image_root: _PathLike | None = None, n_val: int = 30, n_test: int = 100, seed: int = 0) -> Task:
+               image_root: _PathLike | None = None, n_val: int = 30, n_test: int = 100, seed: int = 0,
+               allow_outside_root: bool = True) -> Task:
     """A task from Python data: ``[("France", "Paris"), ...]``.
 
     Each element is ``(input, output)``, ``(input, output, image)``, a dict with ``input`` / ``output`` / ``image`` or a
     :class:`TaskItem`. Relative image paths are resolved against ``image_root`` (default: the working directory).
+    Python data is the caller's own, so paths are not confined unless ``allow_outside_root=False`` (with an
+    ``image_root``).
 
     Example::
 
@@ -282,7 +363,7 @@ def from_pairs(pairs: Iterable[Any], *, name: str = "custom", instruction: str =
         TaskError: a malformed pair (its index named), an empty label, no pairs, or too few for the splits.
     """
     root = Path(image_root) if image_root is not None else None
-    items = _items(list(pairs), where="pairs", root=root, name=name)
+    items = _items(list(pairs), where="pairs", root=root, name=name, confine=not allow_outside_root)
     return _build(items, name=name, instruction=instruction, task_word=task_word, n_val=n_val, n_test=n_test,
                   seed=seed, source="python pairs")
 
@@ -308,11 +389,7 @@ def save_json(task: Task, path: _PathLike, *, relative_to: _PathLike | None = No
     doc = {"name": task.name, "instruction": task.instruction, "task_word": task.task_word, "source": task.source,
            "notes": task.notes,
            "items": [{"input": it.input, "output": it.output, "image": rel(it.image)} for it in task.items]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
 
 
 # -------------------------------------------------------------------------------------------------- paper format
@@ -326,6 +403,11 @@ def _annotation_dir(folder: Path, task: str | None) -> Path | None:
 
 def _paper_tasks_in(folder: Path) -> list[str]:
     return sorted(p.name[: -len("_val.json")] for p in folder.glob("*_val.json"))
+
+
+def _paper_root(ann: Path, image_root: _PathLike | None) -> Path:
+    """The folder paper-format image keys must stay inside: ``image_root``, else the annotations' parent."""
+    return Path(image_root) if image_root is not None else ann.parent
 
 
 def _paper_image_resolver(ann: Path, image_root: _PathLike | None):
@@ -345,7 +427,8 @@ def _paper_image_resolver(ann: Path, image_root: _PathLike | None):
 
 
 def from_paper_folder(folder: _PathLike, task: str | None = None, *, image_root: _PathLike | None = None,
-                      instruction: str | None = None, task_word: str | None = None) -> Task:
+                      instruction: str | None = None, task_word: str | None = None,
+                      allow_outside_root: bool = False) -> Task:
     """A task from the paper's released format: ``{task}_val.json`` and ``{task}_test.json``.
 
     Each file is a list of ``{"input", "output", "image"}`` (or ``{"data": [...]}``). ``folder`` may be the folder of
@@ -383,9 +466,12 @@ def from_paper_folder(folder: _PathLike, task: str | None = None, *, image_root:
             raise TaskError(f"{ann}: {task}_val.json is there but {path.name} is missing")
         rows, _ = _rows_and_meta(_read_json(path), path)
         fixed = []
+        root = _paper_root(ann, image_root)
         for i, row in enumerate(rows):
             if isinstance(row, Mapping) and isinstance(row.get("image"), str) and row["image"].strip():
                 row = {**row, "image": str(resolve(row["image"].strip()))}
+                if not allow_outside_root:
+                    check_inside(row["image"], root, where=f"{path}: item {i}")
             fixed.append(row)
         if not fixed:
             raise TaskError(f"{path}: the {split} split of task {task!r} is empty")
@@ -423,12 +509,11 @@ def _safe_extract(zip_path: Path, dest: Path) -> None:
                 target = (root / name).resolve()
                 if root != target and root not in target.parents:
                     raise TaskError(f"{zip_path}: member {name!r} would be written outside {root}; refusing")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "wb") as dst:
+                with zf.open(member) as src, atomic_write(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
     except zipfile.BadZipFile as exc:
         raise TaskError(f"{zip_path}: not a valid zip file: {exc}") from exc
-    marker.write_text(str(zip_path.stat().st_size))
+    atomic_write_text(marker, str(zip_path.stat().st_size))
 
 
 def _find_zips(folder: Path) -> list[Path]:
@@ -442,7 +527,8 @@ def _find_zips(folder: Path) -> list[Path]:
 
 
 def fetch_paper_data(task: str, cache_dir: _PathLike | None = None, repo_id: str = PAPER_REPO_ID, *,
-                     images: bool = True, image_root: _PathLike | None = None) -> Task:
+                     images: bool = True, image_root: _PathLike | None = None,
+                     allow_outside_root: bool = False) -> Task:
     """The paper's own data for ``task`` (val 30 / test 100), downloaded from the Hugging Face hub on first use.
 
     ``repo_id`` is a hub dataset id (default :data:`PAPER_REPO_ID`: files ``data/annotations.zip`` and
@@ -459,7 +545,7 @@ def fetch_paper_data(task: str, cache_dir: _PathLike | None = None, repo_id: str
     local = Path(repo_id).expanduser()
     if local.is_dir():
         if _annotation_dir(local, task) is not None:
-            return from_paper_folder(local, task, image_root=image_root)
+            return from_paper_folder(local, task, image_root=image_root, allow_outside_root=allow_outside_root)
         zips = _find_zips(local)
         if not zips:
             raise TaskError(f"{local}: neither {task}_val.json (in it, annotations/ or data/annotations/) nor "
@@ -491,7 +577,7 @@ def fetch_paper_data(task: str, cache_dir: _PathLike | None = None, repo_id: str
             found = sorted({p.name[: -len("_val.json")] for p in dest.rglob("*_val.json")})
             raise TaskError(f"task {task!r} is not in the paper data at {dest}; tasks there: {', '.join(found) or 'none'}")
         ann = matches[0].parent
-    return from_paper_folder(ann, task, image_root=image_root)
+    return from_paper_folder(ann, task, image_root=image_root, allow_outside_root=allow_outside_root)
 
 
 # ------------------------------------------------------------------------------------------------------------ load
@@ -500,15 +586,16 @@ def _looks_like_path(s: str) -> bool:
 
 
 def _load_folder(folder: Path, *, task: str | None, n_val: int, n_test: int, seed: int,
-                 image_root: _PathLike | None) -> Task:
+                 image_root: _PathLike | None, allow_outside_root: bool = False) -> Task:
+    opts = dict(image_root=image_root, allow_outside_root=allow_outside_root)
     if _annotation_dir(folder, task) is not None:
-        return from_paper_folder(folder, task, image_root=image_root)
+        return from_paper_folder(folder, task, **opts)
     for cand in ("task.json", "task.csv"):
         if (folder / cand).is_file():
-            return load(folder / cand, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root)
+            return load(folder / cand, n_val=n_val, n_test=n_test, seed=seed, **opts)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".json", ".csv") and p.is_file())
     if len(files) == 1:
-        return load(files[0], n_val=n_val, n_test=n_test, seed=seed, image_root=image_root)
+        return load(files[0], n_val=n_val, n_test=n_test, seed=seed, **opts)
     raise TaskError(
         f"{folder}: cannot tell which task to load; expected the paper format ({{task}}_val.json + {{task}}_test.json, "
         f"pass task=...), a task.json / task.csv, or exactly one .json / .csv file (found {len(files)})"
@@ -516,7 +603,7 @@ def _load_folder(folder: Path, *, task: str | None, n_val: int, n_test: int, see
 
 
 def load(name_or_path: _PathLike, *, n_val: int = 30, n_test: int = 100, seed: int = 0,
-         image_root: _PathLike | None = None, task: str | None = None) -> Task:
+         image_root: _PathLike | None = None, task: str | None = None, allow_outside_root: bool = False) -> Task:
     """Load a task with deterministic val / test / train splits.
 
     ``name_or_path`` is one of:
@@ -529,7 +616,9 @@ def load(name_or_path: _PathLike, *, n_val: int = 30, n_test: int = 100, seed: i
     Splits: ``val`` gets ``n_val`` items and ``test`` ``n_test`` (fewer, with a warning, for small tasks), both drawn
     preferring items that have an image; ``train`` (the ICL demo pool) is the rest. Same ``seed``, same splits.
     ``image_root`` is where image keys are resolved (shipped tasks: :data:`IMAGES_DIR`); images are only opened by
-    :meth:`TaskItem.open_image`, so missing files do not stop loading.
+    :meth:`TaskItem.open_image`, so missing files do not stop loading. Image paths in files must stay inside their
+    root (``..``, absolute paths and symlinks out raise :class:`~tv_lens.errors.UnsafePathError`) unless
+    ``allow_outside_root=True``.
 
     Example::
 
@@ -547,16 +636,20 @@ def load(name_or_path: _PathLike, *, n_val: int = 30, n_test: int = 100, seed: i
         if not path.exists():
             raise FileNotFoundError(f"no task file or folder at {path}")
         if path.is_dir():
-            return _load_folder(path, task=task, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root)
+            return _load_folder(path, task=task, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root,
+                                allow_outside_root=allow_outside_root)
         suffix = path.suffix.lower()
         if suffix == ".json":
-            return from_json(path, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root)
+            return from_json(path, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root,
+                             allow_outside_root=allow_outside_root)
         if suffix == ".csv":
-            return from_csv(path, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root)
+            return from_csv(path, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root,
+                            allow_outside_root=allow_outside_root)
         raise TaskError(f"{path}: unsupported file type {suffix or '(none)'}; use a .json or .csv file")
     if not isinstance(name_or_path, str):
         raise TaskError(f"load() takes a task name or a path, got {type(name_or_path).__name__}")
     name = _normalize_name(name_or_path)
     if name not in list_tasks():
         raise _unknown_task(name_or_path)
-    return _load_shipped(name, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root)
+    return _load_shipped(name, n_val=n_val, n_test=n_test, seed=seed, image_root=image_root,
+                         allow_outside_root=allow_outside_root)
