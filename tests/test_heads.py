@@ -271,3 +271,20 @@ def test_head_hooks_and_batched_cie_on_real_smollm2(smollm2):
     for head in (0, 4, 8):   # the reference costs a whole forward per head
         patched = p_answer(smollm2.run_with_hooks(batch, fwd_hooks=H.patch_heads(means, [(24, head)])))
         torch.testing.assert_close(cie.per_prompt[:, 0, head], patched - base, atol=1e-5, rtol=1e-3)
+
+
+@torch.no_grad()
+def test_per_row_head_patch_acting_on_no_row_is_not_fired(llama, icl):
+    """A per-row head patch whose rows all say "no head" (-1) changed nothing, so it must not count as fired."""
+    prompts, means = icl
+    d_head = llama.cfg.d_head
+    values = torch.ones(llama.cfg.n_heads, d_head)
+    batch = P.encode(llama, prompts[:2])
+    idle = H._PerRowHeadPatch(values, torch.tensor([-1, -1]), at="last")
+    with pytest.raises(PatchNotFiredError):
+        with llama.hooks(fwd_hooks=[(H._name(0), idle)]):
+            llama(batch)
+    acting = H._PerRowHeadPatch(values, torch.tensor([0, -1]), at="last")
+    with llama.hooks(fwd_hooks=[(H._name(0), acting)]):
+        llama(batch)
+    assert acting.fired == 1

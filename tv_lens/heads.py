@@ -131,6 +131,7 @@ class _PerRowHeadPatch(PositionHook):
     def apply(self, act: Tensor, index: Tensor, hook: Any) -> Tensor:
         row_heads = self.row_heads.to(act.device)
         rows = torch.nonzero(row_heads >= 0).flatten()
+        self._n_rows = int(rows.numel())   # fired = acted on at least one row
         out = act.clone()
         heads = row_heads[rows]
         out[rows, index.to(act.device)[rows], heads] = self.values.to(device=act.device, dtype=act.dtype)[heads]

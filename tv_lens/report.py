@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plot
+from .io import atomic_write_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
@@ -215,18 +216,18 @@ def write_report(out: Path | str, results: dict, curves: dict, meta: dict) -> Pa
             parts.append(_figure(fig, first, height=260 * n_rows + 80))
             first = False
         parts += [f"<h3>Gallery: image queries ({html.escape(name)} suite, seed 0)</h3>", gallery_html(suite)]
-        suite.table("exact_match").to_csv(out / f"table_{name}_exact_match.csv")
-        suite.table("first_token").to_csv(out / f"table_{name}_first_token.csv")
-        suite.cells.to_csv(out / f"cells_{name}.csv", index=False)
-        suite.diffs.to_csv(out / f"differences_{name}.csv", index=False)
-        suite.result.predictions.to_csv(out / f"predictions_{name}.csv", index=False)
-        suite.layer_exact.to_csv(out / f"layers_{name}.csv", index=False)
+        atomic_write_text(out / f"table_{name}_exact_match.csv", suite.table("exact_match").to_csv())
+        atomic_write_text(out / f"table_{name}_first_token.csv", suite.table("first_token").to_csv())
+        atomic_write_text(out / f"cells_{name}.csv", suite.cells.to_csv(index=False))
+        atomic_write_text(out / f"differences_{name}.csv", suite.diffs.to_csv(index=False))
+        atomic_write_text(out / f"predictions_{name}.csv", suite.result.predictions.to_csv(index=False))
+        atomic_write_text(out / f"layers_{name}.csv", suite.layer_exact.to_csv(index=False))
         for method, sweep in suite.sweeps.items():
-            sweep.scores.to_csv(out / f"sweep_{name}_{method}.csv", index=False)
+            atomic_write_text(out / f"sweep_{name}_{method}.csv", sweep.scores.to_csv(index=False))
     if curves:
         parts.append(f"<h2>Phase curves (Figure 3), {html.escape(str(meta.get('phase task', '')))}</h2>")
         parts.append(_figure(plot.phases({f"{m} ICL": c for m, c in curves.items()}), first, height=440))
     parts.append("</body></html>")
     path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts))
     return path
