@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(VENV)/bin/tv-lens demo
 
+# two workers (one torch thread each) on the 2-core CI machine; `make test PYTEST_WORKERS=0` runs in one process
+PYTEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=25
 
 # only the docs pages' code blocks (also part of `make test`); see docs/doc_tests.md
 doctest: venv

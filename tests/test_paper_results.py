@@ -85,7 +85,7 @@ def test_input_set_is_what_the_delimiter_decodes_to_in_early_layers(llama):
     prompts = P.icl(_items(), n_shots=2, seed=0)
     measured = lens.input_token_set(llama, prompts, layers=[0])
     _, cache = llama.run_with_cache(prompts, names_filter="blocks.0.hook_resid_post", positions="last")
-    top1 = lens.logit_lens(llama, cache["blocks.0.hook_resid_post"]).argmax(-1).tolist()
+    top1 = lens.logit_lens(llama, cache["blocks.0.hook_resid_post"][:, -1]).argmax(-1).tolist()
     most = max(set(top1), key=lambda t: (top1.count(t), -t))
     assert measured.ids[0] == most and set(measured.ids) <= set(top1)
     sets = lens.default_token_sets(llama, "country-capital", prompts)

@@ -229,7 +229,7 @@ def test_vector_is_read_at_the_last_demos_delimiter_not_the_querys(llama):
     prompts = P.icl(_items(), n_shots=3, seed=0)
     vec = tvl.extract_task_vector(llama, prompts, layers=[2], progress=False)
     _, cache = llama.run_with_cache(prompts, names_filter="blocks.2.hook_resid_post", positions="delimiter[-1]")
-    torch.testing.assert_close(vec[2], cache["blocks.2.hook_resid_post"].mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vec[2], cache["blocks.2.hook_resid_post"][:, 0].mean(0), atol=1e-5, rtol=1e-5)
     _, at_query = llama.run_with_cache(prompts, names_filter="blocks.2.hook_resid_post", positions="delimiter")
     assert not torch.allclose(vec[2], at_query["blocks.2.hook_resid_post"].mean(0), atol=1e-3)
     assert vec.position == "delimiter[-1]" and vec.extra["n_shots"] == 3

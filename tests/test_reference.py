@@ -172,11 +172,13 @@ def hooked_ref():
 
 @torch.no_grad()
 def test_reduced_demo_protocol_end_to_end(hooked_ref, tmp_path):
-    """The demo's protocol on one task and few items: recognition through the hooked pipeline, the full Table-3
-    layout, and a text-ICL vector that changes the image query's run exactly from the patched layer and position on."""
+    """The demo's suite runner on one task and few items: recognition through the hooked pipeline, the full Table-3
+    layout with CIs, and a text-ICL vector that changes the image query's run exactly from the patched layer and
+    position on."""
     import tv_lens as tvl
+    from tv_lens import demo
     from tv_lens import prompts as P
-    from tv_lens.demo import ROW_NAMES, run_protocol, write_report
+    from tv_lens.report import write_report
 
     model = hooked_ref
     task = tvl.tasks.load("country-capital", n_val=6, n_test=8).with_images()
@@ -186,24 +188,22 @@ def test_reduced_demo_protocol_end_to_end(hooked_ref, tmp_path):
     hits = sum(answer.strip().startswith(item.input) for answer, item in zip(named, task.test))
     assert hits >= 6, list(zip(named, [item.input for item in task.test]))
 
-    tables, best, sweeps = run_protocol(model, ["country-capital"], n_val=6, n_test=8, batch_size=8,
-                                        max_new_tokens=4, log=lambda *_: None)
-    methods = ["no_context", "majority", "base", "xbase", "patch", "xpatch"]
-    for metric in ("accuracy", "exact_match"):
-        table = tables[metric]
-        assert list(table.index) == [ROW_NAMES.get(m, m) for m in methods]
+    suite = demo.run_suite(model, "mini", ["country-capital"], n_val=6, n_test=8, seeds=(0,), batch_size=8,
+                        k_layers=1, n_boot=200, log=lambda *_: None)
+    for metric in ("exact_match", "first_token"):
+        table = suite.table(metric)
+        assert list(table.index) == [demo.ROW_NAMES[m] for m in demo.METHODS]
         assert list(table.columns) == ["country-capital", "Avg"]
-        assert table.notna().all().all() and ((table >= 0) & (table <= 1)).all().all()
-    assert (tables["exact_match"] <= tables["accuracy"] + 1e-9).all().all()
-    predictions = tables["predictions"]
-    assert len(predictions) == 6 * 8 and set(predictions.method) == set(methods)
-    assert set(best) == {"xpatch", "patch"} and all(0 <= layer < 30 for layer in best.values())
-    assert len(sweeps["xpatch"].scores) == 30
-    report = write_report(tmp_path, tables, best, sweeps, {"sweep": tvl.plot.sweep(sweeps["xpatch"])}, {"t": 1})
-    html = report.read_text()
-    assert "exact match" in html and html.count("<table") == 2 and "plotly" in html
-    for name in ("table3.csv", "table3_exact_match.csv", "predictions.csv", "sweep_xpatch.csv", "sweep_patch.csv"):
-        assert (tmp_path / name).stat().st_size > 0
+    cells = suite.cells
+    assert ((cells["low"] <= cells["mean"] + 1e-9) & (cells["mean"] <= cells["high"] + 1e-9)).all()
+    predictions = suite.result.predictions
+    assert set(predictions.method) == set(demo.METHODS)
+    assert len(predictions) == len(demo.METHODS) * len(task.test)
+    # with one candidate layer the exact-match re-score must keep the sweep's own best layer
+    assert suite.best == {m: suite.sweeps[m].best for m in ("xpatch", "patch")}
+    best = suite.best
+    report = write_report(tmp_path, {"mini": suite}, {}, {"model": "reference VLM"})
+    assert "<table" in report.read_text() and (tmp_path / "table_mini_exact_match.csv").stat().st_size > 0
 
     # the text-ICL vector on image queries: same activations before the patched layer and before the delimiter
     # at every layer, different from the delimiter on at the patched layer and after
