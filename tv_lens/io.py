@@ -100,19 +100,26 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
     """
     path = _prepare(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
-    try:
+    with _replace_when_done(tmp, path):
         writer(tmp)
         if not tmp.is_file():
             raise OSError(f"the writer for {path} wrote nothing")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def _replace_when_done(tmp: Path, path: Path) -> Iterator[None]:
+    """Run the body that writes ``tmp``; then move it over ``path``. On any error (Ctrl-C too) ``tmp`` vanishes."""
+    try:
+        yield
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
-    return path
 
 
 @contextlib.contextmanager
@@ -130,17 +137,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     path = _prepare(path)
     tmp = temp_path(path)
     kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
-    try:
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    with _replace_when_done(tmp, path), open(tmp, mode, **kwargs) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
