@@ -171,6 +171,8 @@ def _setup_source(workdir: str) -> str:
         f"sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]",
         "os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')",
         "os.environ.setdefault('TQDM_DISABLE', '1')",
+        # before torch loads OpenMP: busy-waiting threads slow every op many times over on a shared CPU
+        "os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')",
         "import torch",
         "torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))",
         "import docs_standins",

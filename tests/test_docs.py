@@ -1,7 +1,8 @@
 """The docs run as written: every page's python blocks in order in one kernel (tests/docs_harness.py), hub models
 replaced by offline stand-ins (tests/docs_standins.py); the API reference lists every public name.
 
-``pytest -m "not docs"`` leaves out the page runs (about 15 minutes on 2 cores); the harness's own tests stay.
+``pytest -m "not docs"`` leaves out the page runs (about 10 minutes of wall time in all on 2 shared cores); the
+harness's own tests stay.
 """
 
 from __future__ import annotations
