@@ -289,6 +289,23 @@ def _task_with_image(folder: Path, key: str) -> Path:
     return path
 
 
+def test_a_saved_copy_of_a_shipped_task_loads_without_opting_out(tmp_path):
+    """Shipped images live in tv_lens's own data folder; a copy of a shipped task keeps pointing there and loads,
+    while a path next to it that leaves the data root is still refused."""
+    from tv_lens.errors import UnsafePathError
+
+    shipped = tvl.tasks.load("country-capital")
+    path = tmp_path / "copy" / "task.json"
+    tvl.tasks.save_json(shipped, path)
+    copy = tvl.tasks.load(path)
+    assert [it.image for it in copy.items if it.image] == [it.image for it in shipped.items if it.image]
+    assert any(it.image for it in copy.items)
+    secret = tmp_path / "secret.png"
+    random_image(4, 4).save(secret)
+    with pytest.raises(UnsafePathError):
+        tvl.tasks.load(_task_with_image(tmp_path / "copy", str(secret)))
+
+
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
 def test_image_paths_are_confined_to_the_data_root(tmp_path, how):
     data = tmp_path / "data"

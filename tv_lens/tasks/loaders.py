@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+# tv_lens's own shipped images: a task file may always point there (a saved copy of a shipped task stays loadable)
+PACKAGE_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 """Where the shipped task files live (``{name}.json``)."""
 
 IMAGES_DIR = Path(__file__).resolve().parents[1] / "data" / "images"
@@ -80,20 +82,23 @@ def _resolve_image(key: Any, *, root: Path | None, where: str, confine: bool = F
     if not path.is_absolute():
         path = (root if root is not None else Path.cwd()) / path
     resolved = os.path.normpath(str(path.absolute()))
-    if confine and root is not None:
+    if confine and root is not None and not _is_inside(resolved, PACKAGE_DATA_DIR):
         check_inside(resolved, root, where=where)
     return resolved
 
 
+def _is_inside(path: _PathLike, root: _PathLike) -> bool:
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    try:
+        return os.path.commonpath([real, real_root]) == real_root
+    except ValueError:   # different drives (Windows)
+        return False
+
+
 def check_inside(path: _PathLike, root: _PathLike, *, where: str = "") -> None:
     """Raise :class:`~tv_lens.errors.UnsafePathError` unless ``path`` (``..``, symlinks resolved) lies in ``root``."""
-    real = os.path.realpath(path)
-    real_root = os.path.realpath(root)
-    try:
-        inside = os.path.commonpath([real, real_root]) == real_root
-    except ValueError:   # different drives (Windows)
-        inside = False
-    if not inside:
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if not _is_inside(path, root):
         prefix = f"{where}: " if where else ""
         raise UnsafePathError(f"{prefix}image path {str(path)!r} resolves to {real!r}, outside the data root "
                               f"{real_root!r} (via '..', an absolute path or a symlink). Move the image into the "
