@@ -27,3 +27,9 @@ def two_prompts(tiny: TinyModel, hooked, n_images=(1, 2)):
         texts.append(text)
         images.append([random_image(width, height, seed=10 * row + i) for i in range(count)])
     return hooked.prepare(texts, images=images), images
+
+
+def items(pairs, with_images: bool = False, size=(32, 32)) -> list[dict]:
+    """Task items as dicts ``{input, output, image}``; a seeded random image per item when ``with_images``."""
+    return [dict(input=x, output=y, image=random_image(*size, seed=i) if with_images else None)
+            for i, (x, y) in enumerate(pairs)]

@@ -7,13 +7,14 @@ import dataclasses
 import plotly.graph_objects as go
 import pytest
 import torch
+from helpers import items as make_items
 from helpers import two_prompts
 
 import tv_lens as tvl
 from tv_lens import heads as H
 from tv_lens import prompts as P
 from tv_lens.errors import IncompatibleArgumentsError, PatchNotFiredError, PositionError, VectorError
-from tv_lens.testing import available_families, random_image, tiny_model
+from tv_lens.testing import available_families, tiny_model
 
 FAMILIES = available_families()
 PAIRS = [("France", "Paris"), ("Peru", "Lima"), ("Chad", "Ndjamena"), ("Iran", "Tehran"), ("Cuba", "Havana"),
@@ -21,8 +22,7 @@ PAIRS = [("France", "Paris"), ("Peru", "Lima"), ("Chad", "Ndjamena"), ("Iran", "
 
 
 def _items(with_images=False):
-    return [dict(input=x, output=y, image=random_image(32, 32, seed=i) if with_images else None)
-            for i, (x, y) in enumerate(PAIRS)]
+    return make_items(PAIRS, with_images)
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,21 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import items as make_items
+
 import tv_lens as tvl
 from tv_lens import prompts as P
 from tv_lens.errors import IncompatibleArgumentsError, TaskError, VectorError
 from tv_lens.evaluate import SweepResult, predict
 from tv_lens.protocol import mean_ci
-from tv_lens.testing import random_image, tiny_model
+from tv_lens.testing import tiny_model
 
 PAIRS = [("France", "Paris"), ("Peru", "Lima"), ("Chad", "Ndjamena"), ("Iran", "Tehran"), ("Cuba", "Havana"),
          ("Fiji", "Suva"), ("Mali", "Bamako"), ("Spain", "Madrid"), ("Chile", "Santiago"), ("Laos", "Vientiane")]
 
 
 def _items(with_images=False):
-    return [dict(input=x, output=y, image=random_image(32, 32, seed=i) if with_images else None)
-            for i, (x, y) in enumerate(PAIRS)]
+    return make_items(PAIRS, with_images)
 
 
 @pytest.fixture(scope="module")

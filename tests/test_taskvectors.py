@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import items as make_items
+
 import tv_lens as tvl
 from tv_lens import prompts as P
 from tv_lens.errors import (IncompatibleArgumentsError, InputError, LayerOutOfRangeError, PatchNotFiredError, PositionError,
@@ -21,8 +23,7 @@ PAIRS = [("France", "Paris"), ("Ja:pan", "To\nkyo"), ("Peru", "Lima"), ("Chad", 
 
 
 def _items(with_images=False, size=(32, 32)):
-    return [dict(input=x, output=y, image=random_image(*size, seed=i) if with_images else None)
-            for i, (x, y) in enumerate(PAIRS)]
+    return make_items(PAIRS, with_images, size)
 
 
 @pytest.fixture(scope="module")
