@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATED_TABLES = [
     ("docs/benchmarks.md", "benchmarks/RESULTS.md",
      "| model | measurement | baseline | tv_lens | tv_lens ratio | TransformerBridge ratio | nnsight ratio | note |"),
+    ("docs/patching.md", "benchmarks/results/patching.md",
+     "| method | seconds for the grid | × the exact grid's time | note |"),
 ]
 
 

@@ -3,6 +3,8 @@ positions align across prompts by name; attribution patching is the gradient est
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -136,6 +138,46 @@ def test_text_prompt_delimiter_patched_into_image_prompt_by_name():
     torch.testing.assert_close(result.scores, _naive(hooked, clean_batch, corrupted_batch, metric, "resid_post",
                                                      result), atol=1e-5, rtol=0)
     assert result.image_spans and result.image_spans[0][0] <= result.positions[1].corrupted[0]
+
+
+def test_cells_that_write_a_value_over_itself_are_not_rerun():
+    """A shared prefix: its clean and corrupted activations are equal, so those cells are the corrupted run. They
+    are marked ``computed=False``, cost no forward, and the grid still equals the naive loop (skip on or off); a span
+    that only STARTS in the shared prefix is run."""
+    tiny, hooked = _tiny("llama")
+    clean, corrupted = _pair(tiny, hooked)
+    ids_a, ids_b = clean["input_ids"][0], corrupted["input_ids"][0]
+    shared = int((ids_a != ids_b).nonzero()[0])           # first differing token
+    assert shared > 2
+    metric = patching.logit_diff(hooked, 3, 5)
+    spec = [0, shared - 1, shared, -1, [0, -1]]
+    forwards = []
+    handle = hooked.hf_model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        fast = patching.activation_patching(hooked, clean, corrupted, metric, hook="resid_pre", positions=spec,
+                                            max_rows=2, progress=False)
+        n_fast = len(forwards)
+        forwards.clear()
+        full = patching.activation_patching(hooked, clean, corrupted, metric, hook="resid_pre", positions=spec,
+                                            max_rows=2, skip_identical=False, progress=False)
+        n_full = len(forwards)
+    finally:
+        handle.remove()
+    computed = fast.computed[:, :, 0]
+    assert not computed[:, :2].any()                     # prefix positions: every layer a no-op
+    assert computed[:, 2].all()                          # the first differing token: every layer runs
+    assert computed[1:, 2:].all()       # later tokens (and the span 0..-1) differ once attention has mixed them in
+    assert fast.scores[:, :2].eq(fast.corrupted_metric).all() and fast.recovery[:, :2].eq(0).all()
+    assert full.computed.all()
+    naive = _naive(hooked, clean, corrupted, metric, "resid_pre", fast)
+    torch.testing.assert_close(fast.scores, naive, atol=1e-5, rtol=0)
+    torch.testing.assert_close(full.scores, naive, atol=1e-5, rtol=0)
+    # two captures + one batched forward per chunk of computed cells (2 rows each)
+    assert n_fast == 2 + math.ceil(int(computed.sum()) / 2) < n_full
+    assert "no-op cells" in repr(fast) and set(fast.to_frame()["computed"]) == {True, False}
+    with pytest.warns(UserWarning, match="recovery is undefined"):
+        same = patching.activation_patching(hooked, corrupted, corrupted, metric, positions=[0, -1], progress=False)
+    assert not same.computed.any() and same.scores.eq(same.corrupted_metric).all()
 
 
 def test_aligned_positions_pair_shared_prefix_and_suffix():

@@ -17,7 +17,9 @@ Positions are aligned between the two prompts by NAME, so the prompts may differ
 (``positions=["delimiter"]`` patches the clean prompt's final ``A:`` into the corrupted prompt's final ``A:``, text
 into image prompt; see :func:`activation_patching`).
 
-Speed (exact numbers, not an approximation): the corrupted prompt runs once with its KV cache; cells are sorted by
+Speed (exact numbers, not an approximation): cells whose clean activation equals the corrupted one bit for bit
+(positions of a prefix both prompts share) are not re-run, their score is the corrupted metric (``result.computed``
+marks the cells that ran); the corrupted prompt runs once with its KV cache; the other cells are sorted by
 position and batched as rows, and each batch re-runs only the tokens from its earliest patched position on, on a
 copy of that cached prefix (families whose positions depend on more than the cache length — Qwen2-VL, Fuyu — and
 batches that patch inside an image re-run the whole prompt, still batched). :func:`attribution_patching` estimates
@@ -215,6 +217,10 @@ class PatchingResult:
         clean_metric, corrupted_metric: the metric on the unpatched runs.
         corrupted_tokens, clean_tokens: the prompts' tokens as strings (plot labels).
         image_spans: ``(first, last)`` token index of each image of the corrupted prompt.
+        computed: ``[n_layers, n_positions, n_heads]`` bool (exact grids): ``False`` where the clean activation
+            equals the corrupted one bit for bit (e.g. a prefix both prompts share), so patching the cell writes
+            back what is already there and its score IS the corrupted metric; no forward ran for it. ``None`` for
+            attribution grids.
     """
 
     scores: Float[Tensor, "layer position head"]
@@ -230,6 +236,7 @@ class PatchingResult:
     corrupted_tokens: list[str] = field(default_factory=list)
     clean_tokens: list[str] = field(default_factory=list)
     image_spans: list[tuple[int, int]] = field(default_factory=list)
+    computed: Tensor | None = None
 
     @property
     def grid(self) -> Tensor:
@@ -249,7 +256,8 @@ class PatchingResult:
                         "layer": layer, "position": pair.label, "corrupted_position": pair.corrupted[0],
                         "clean_position": pair.clean[0], "n_tokens": len(pair.corrupted), "head": head,
                         "score": float(self.scores[li, pi, hi]), "recovery": float(self.recovery[li, pi, hi]),
-                        "hook": self.hook, "method": self.method})
+                        "hook": self.hook, "method": self.method,
+                        "computed": None if self.computed is None else bool(self.computed[li, pi, hi])})
         return records
 
     def to_frame(self):
@@ -265,8 +273,10 @@ class PatchingResult:
         pi, hi = divmod(rest, self.recovery.shape[2])
         where = f"layer {self.layers[li]}, {self.positions[pi].label}" + (
             f", head {self.heads[hi]}" if self.heads is not None else "")
+        skipped = "" if self.computed is None or bool(self.computed.all()) else (
+            f" ({int((~self.computed).sum())} no-op cells: clean = corrupted activation)")
         return (f"PatchingResult({self.method}, hook={self.hook}, {len(self.layers)} layers × "
-                f"{len(self.positions)} positions{heads}, metric={self.metric}, clean={self.clean_metric:.4g}, "
+                f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, clean={self.clean_metric:.4g}, "
                 f"corrupted={self.corrupted_metric:.4g}, best recovery {float(self.recovery.flatten()[best]):.3f} "
                 f"at {where})")
 
@@ -377,7 +387,8 @@ def _setup(model, clean, corrupted, hook, layers, positions, heads) -> tuple[_Ru
 
 
 def _result(model, grid: _Grid, scores: Tensor, clean_metric: float, corrupted_metric: float, kind: str,
-            method: str, metric: Metric, clean_run: _Run, corrupted_run: _Run) -> PatchingResult:
+            method: str, metric: Metric, clean_run: _Run, corrupted_run: _Run,
+            computed: Tensor | None = None) -> PatchingResult:
     denominator = clean_metric - corrupted_metric
     if denominator == 0:
         warnings.warn("The metric is the same on the clean and the corrupted prompt, so recovery is undefined "
@@ -392,7 +403,7 @@ def _result(model, grid: _Grid, scores: Tensor, clean_metric: float, corrupted_m
         scores=scores, recovery=recovery, layers=grid.layers, positions=grid.pairs, heads=grid.heads, hook=kind,
         method=method, metric=metric.name, clean_metric=clean_metric, corrupted_metric=corrupted_metric,
         corrupted_tokens=model.to_str_tokens(corrupted_run.ids[0]) if tokenize else [],
-        clean_tokens=model.to_str_tokens(clean_run.ids[0]) if tokenize else [], image_spans=spans)
+        clean_tokens=model.to_str_tokens(clean_run.ids[0]) if tokenize else [], image_spans=spans, computed=computed)
 
 
 class _RowPatch:
@@ -441,7 +452,7 @@ def _croppable(cache: Any, seq_len: int) -> bool:
 def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Callable, *, hook: str = "resid_pre",
                         layers: Sequence[int] | str | None = None, positions: Any = None,
                         heads: Sequence[int] | None = None, max_rows: int = 64, max_tokens: int = 2048,
-                        progress: bool = True) -> PatchingResult:
+                        skip_identical: bool = True, progress: bool = True) -> PatchingResult:
     """Exact activation patching: copy each clean activation into the corrupted run, one grid cell at a time.
 
     Args:
@@ -460,6 +471,10 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         heads: for ``"z"`` / ``"result"``: the heads (default: all); the grid is then layer × position × head.
         max_rows, max_tokens: memory bound of one batched forward: at most ``max_rows`` cells and ``max_rows ×
             re-run tokens <= max_tokens`` (a chunk's KV cache copy is ``rows × prompt_len`` per layer).
+        skip_identical: do not re-run cells whose clean activation equals the corrupted one bit for bit (typically
+            every position of a prefix the two prompts share): writing a value back over itself changes nothing,
+            so their score is the corrupted metric exactly. ``result.computed`` marks the cells that ran;
+            ``False`` re-runs every cell (same numbers, slower).
         progress: show a tqdm bar over the batched forwards.
 
     Returns:
@@ -472,7 +487,8 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
     metric = _as_metric(metric)
     clean_run, corrupted_run, grid, kind = _setup(model, clean, corrupted, hook, layers, positions, heads)
     clean_logits, clean_acts, _ = _capture(model, clean_run, grid.names)
-    corrupted_logits, _, kv_cache = _capture(model, corrupted_run, [], use_cache=model.adapter.prefix_reuse)
+    corrupted_logits, corrupted_acts, kv_cache = _capture(model, corrupted_run, grid.names if skip_identical else [],
+                                                          use_cache=model.adapter.prefix_reuse)
     if kv_cache is not None and not _croppable(kv_cache, corrupted_run.ids.shape[1]):
         kv_cache = None
     with torch.no_grad():
@@ -480,7 +496,24 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         corrupted_metric = float(metric(corrupted_logits[None], clean_logits)[0])
 
     n_heads = len(grid.heads) if grid.heads is not None else 1
-    cells = [(li, pi, hi) for li in range(len(grid.layers)) for pi in range(len(grid.pairs)) for hi in range(n_heads)]
+    every_cell = [(li, pi, hi) for li in range(len(grid.layers)) for pi in range(len(grid.pairs))
+                  for hi in range(n_heads)]
+    computed = torch.ones(len(grid.layers), len(grid.pairs), n_heads, dtype=torch.bool)
+
+    def no_op(li: int, pi: int, hi: int) -> bool:
+        """The clean value(s) of the cell equal the corrupted value(s) it would overwrite, bit for bit."""
+        pair, name = grid.pairs[pi], grid.names[li]
+        clean_value, corrupted_value = clean_acts[name][list(pair.clean)], corrupted_acts[name][list(pair.corrupted)]
+        if grid.heads is not None:
+            clean_value, corrupted_value = clean_value[:, grid.heads[hi]], corrupted_value[:, grid.heads[hi]]
+        return torch.equal(clean_value, corrupted_value)
+
+    cells = []
+    for cell in every_cell:
+        if skip_identical and no_op(*cell):
+            computed[cell] = False
+        else:
+            cells.append(cell)
     seq_len = corrupted_run.ids.shape[1]
     image_end = max((int(s.max()) for s in corrupted_run.positions.images[0] if s.numel()), default=-1) \
         if model.cfg.is_multimodal else -1
@@ -497,7 +530,7 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         # whole prompt.
         return 0 if kv_cache is None or start <= image_end else start
 
-    scores = torch.empty(len(grid.layers), len(grid.pairs), n_heads)
+    scores = torch.full((len(grid.layers), len(grid.pairs), n_heads), corrupted_metric)
     chunks = _chunks(cells, start_of, seq_len, max_rows, max_tokens)
     for chunk in tqdm(chunks, desc=f"patching {kind}", disable=not progress, leave=False):
         start = min(start_of(pi) for _, pi, _ in chunk)
@@ -566,7 +599,7 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         for row, (li, pi, hi) in enumerate(chunk):
             scores[li, pi, hi] = values[row]
     return _result(model, grid, scores, clean_metric, corrupted_metric, kind, "exact", metric, clean_run,
-                   corrupted_run)
+                   corrupted_run, computed=computed)
 
 
 def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Callable, *, hook: str = "resid_pre",

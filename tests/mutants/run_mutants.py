@@ -25,6 +25,7 @@ P = "tests/test_protocol.py::"
 TV = "tests/test_taskvectors.py::"
 R = "tests/test_paper_results.py::"
 F = "tests/test_families.py::"
+PA = "tests/test_patching.py::"
 
 #: (name, file, old, new, tests that must catch it)
 MUTANTS = [
@@ -135,6 +136,18 @@ MUTANTS = [
      "image_ids, image_patches = _image_rows(model, row_images[k])",
      "image_ids, image_patches = _image_rows(model, row_images[len(row_images) - 1 - k])",
      [F + "test_fuyu_takes_several_images_anywhere_in_the_prompt"]),
+    ("patching no-op check reading only a span's first token", "tv_lens/patching.py",
+     "clean_acts[name][list(pair.clean)], corrupted_acts[name][list(pair.corrupted)]",
+     "clean_acts[name][list(pair.clean)[:1]], corrupted_acts[name][list(pair.corrupted)[:1]]",
+     [PA + "test_cells_that_write_a_value_over_itself_are_not_rerun"]),
+    ("patching grid leaving skipped cells uninitialised", "tv_lens/patching.py",
+     "scores = torch.full((len(grid.layers), len(grid.pairs), n_heads), corrupted_metric)\n    chunks",
+     "scores = torch.empty(len(grid.layers), len(grid.pairs), n_heads)\n    chunks",
+     [PA + "test_cells_that_write_a_value_over_itself_are_not_rerun"]),
+    ("patching rows written at the absolute position after a cached prefix", "tv_lens/patching.py",
+     "index.append(p - start)",
+     "index.append(p)",
+     [PA + "test_grid_equals_naive_loop_on_every_family"]),
 ]
 
 
