@@ -213,3 +213,15 @@ def test_demo_refuses_an_unknown_suite_before_loading_anything(tmp_path):
 
     with pytest.raises(InputError, match="choose both, paper, reference"):
         D.run_demo(argparse.Namespace(suite="nope", out=str(tmp_path), quick=True, dtype="float32x"))
+
+
+def test_cli_demo_suite_choices_match_the_demo_and_reject_others(tmp_path, capsys):
+    """`tv-lens demo --suite` offers exactly the demo's suites; a wrong one exits 2 naming the choices."""
+    from tv_lens import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--suite", "nope", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    offered = ", ".join(repr(name) for name in ("both", *D.suites()))
+    assert "--suite" in err and offered in err
