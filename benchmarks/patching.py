@@ -138,9 +138,9 @@ def main() -> None:
                    "bit: the shared demos) and are not re-run")
     rows = [("exact grid (tv_lens)", t_exact, exact_note),
             ("exact grid, every cell re-run (skip_identical=False)", t_every,
-             f"prefix cache and layer skipping only; max |diff| vs default grid {every_diff:.1e}"),
+             f"prefix cache and layer skipping only; max abs. diff vs default grid {every_diff:.1e}"),
             ("one forward per cell (tv_lens hooks)", t_loop_cell * n_cells,
-             f"{len(cells)} cells timed, × {n_cells / len(cells):.1f}; max |diff| vs grid {loop_diff:.1e}")]
+             f"{len(cells)} cells timed, × {n_cells / len(cells):.1f}; max abs. diff vs grid {loop_diff:.1e}")]
 
     if not args.skip_tl:
         import pandas as pd
@@ -162,7 +162,7 @@ def main() -> None:
         tl_diff = max(abs(float(s) - float(exact.scores[row[layer], pos, 0]))
                       for s, (layer, pos) in zip(tl_scores, cells))
         rows.append(("TransformerLens get_act_patch_resid_pre (TransformerBridge)", t_tl_cell * n_cells,
-                     f"{len(cells)} cells timed, × {n_cells / len(cells):.1f}; max |diff| vs grid {tl_diff:.1e}"))
+                     f"{len(cells)} cells timed, × {n_cells / len(cells):.1f}; max abs. diff vs grid {tl_diff:.1e}"))
     rows.append(("attribution grid (tv_lens)", t_attr,
                  f"measured, median of {args.repeats} runs (min {min(attr_times):.2f}, max {max(attr_times):.2f}); "
                  f"correlation with the exact grid {corr:.3f} (all cells), {corr_rec:.3f} (last position)"))

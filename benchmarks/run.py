@@ -104,7 +104,7 @@ def forward_rows(model, batch, name: str, repeats: int, peers: dict | None = Non
                       for l in range(model.cfg.n_layers)]
         diff_cache = max((c.reshape(ref_patch.shape[0], -1) - ref_cache["resid_post", l]).abs().max().item()
                          for l, c in enumerate(cached))
-        check[peer] = f"{peer}: max |diff| patched logits {diff_patch:.1e}, cache {diff_cache:.1e}"
+        check[peer] = f"{peer}: max abs. diff patched logits {diff_patch:.1e}, cache {diff_cache:.1e}"
     note = "; ".join(check.values())
     labels = {"noop": "forward, no hooks (hooked / raw HF)", "patch": "forward, one patch hook at the last token",
               "cache": "run_with_cache resid_post, all layers, one position"}

@@ -7,6 +7,7 @@ file, and the table (by its header line) that must be identical in both. ``tests
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,34 @@ GENERATED_TABLES = [
     ("docs/patching.md", "benchmarks/results/patching.md",
      "| method | seconds for the grid | × the exact grid's time | note |"),
 ]
+
+
+_DELIMITER_ROW = re.compile(r"^\s*\|[\s:|-]+\|\s*$")
+
+
+def _cells(line: str) -> int:
+    """Cell borders of a table row as Python-Markdown splits it: pipes in code spans and ``\\|`` do not count."""
+    return re.sub(r"`[^`]*`", "``", line.strip()).replace("\\|", "").count("|")
+
+
+def table_problems(text: str) -> list[str]:
+    """Rows of markdown tables with another number of cells than their header (an unescaped ``|`` in a cell, such
+    as ``max |diff|``, shifts every later cell of the row)."""
+    lines, problems, fenced, i = text.splitlines(), [], False, 0
+    while i < len(lines):
+        if lines[i].lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced and lines[i].lstrip().startswith("|") and i + 1 < len(lines) \
+                and _DELIMITER_ROW.match(lines[i + 1]):
+            width, j = _cells(lines[i]), i + 2
+            while j < len(lines) and lines[j].lstrip().startswith("|"):
+                if _cells(lines[j]) != width:
+                    problems.append(f"line {j + 1}: {_cells(lines[j]) - 1} cells, header has {width - 1}")
+                j += 1
+            i = j
+            continue
+        i += 1
+    return problems
 
 
 def table_span(lines: list[str], header: str) -> tuple[int, int]:

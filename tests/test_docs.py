@@ -264,6 +264,22 @@ def test_generated_tables_match_their_result_files():
     assert docs_numbers.stale() == []
 
 
+def test_every_docs_table_row_has_its_headers_number_of_cells():
+    import docs_numbers
+
+    pages = sorted(DOCS.glob("*.md")) + [DOCS.parent / "README.md"]
+    problems = {page.name: docs_numbers.table_problems(page.read_text()) for page in pages}
+    assert not {name: found for name, found in problems.items() if found}
+
+
+def test_an_unescaped_pipe_in_a_table_cell_is_found():
+    import docs_numbers
+
+    table = "| a | b |\n|---|---|\n| `x|y` | 1 |\n| max |diff| 2 | 3 |\n"
+    assert docs_numbers.table_problems(table) == ["line 4: 4 cells, header has 2"]
+    assert docs_numbers.table_problems(table.replace("|diff|", "abs. diff")) == []
+
+
 def test_a_changed_result_file_makes_the_page_stale(tmp_path):
     import docs_numbers
 

@@ -341,12 +341,18 @@ def _hook_names(model, hook: str, layers: Sequence[int]) -> list[str]:
     return names
 
 
-def _capture(model, run: _Run, names: list[str], use_cache: bool = False) -> tuple[Tensor, dict[str, Tensor], Any]:
-    """One forward; returns last-token logits ``[d_vocab]``, ``{name: activation [pos, ...]}`` and the KV cache."""
+def _capture(model, run: _Run, names: list[str], use_cache: bool = False,
+             observe: Callable[[str, Tensor], None] | None = None) -> tuple[Tensor, dict[str, Tensor], Any]:
+    """One forward; returns last-token logits ``[d_vocab]``, ``{name: activation [pos, ...]}`` and the KV cache.
+
+    With ``observe``, each activation ``[pos, ...]`` is handed to ``observe(name, act)`` instead of being kept."""
     store: dict[str, Tensor] = {}
 
     def save(act: Tensor, hook: Any) -> None:
-        store[hook.name] = act[0].detach()
+        if observe is None:
+            store[hook.name] = act[0].detach()
+        else:
+            observe(hook.name, act[0].detach())
 
     with torch.no_grad(), model.hooks([(name, save) for name in names]):
         out = model.hf_model(**_model_inputs(run.inputs), use_cache=use_cache, **_keep_last(model))
@@ -487,33 +493,33 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
     metric = _as_metric(metric)
     clean_run, corrupted_run, grid, kind = _setup(model, clean, corrupted, hook, layers, positions, heads)
     clean_logits, clean_acts, _ = _capture(model, clean_run, grid.names)
-    corrupted_logits, corrupted_acts, kv_cache = _capture(model, corrupted_run, grid.names if skip_identical else [],
-                                                          use_cache=model.adapter.prefix_reuse)
+    n_heads = len(grid.heads) if grid.heads is not None else 1
+    layer_of = {name: li for li, name in enumerate(grid.names)}
+    computed = torch.ones(len(grid.layers), len(grid.pairs), n_heads, dtype=torch.bool)
+
+    def find_no_ops(name: str, corrupted_act: Tensor) -> None:
+        """Mark the cells whose clean value(s) equal the corrupted value(s) they would overwrite, bit for bit (read
+        during the corrupted forward, so no corrupted activation is kept)."""
+        li, clean_act = layer_of[name], clean_acts[name]
+        for pi, pair in enumerate(grid.pairs):
+            clean_value, corrupted_value = clean_act[list(pair.clean)], corrupted_act[list(pair.corrupted)]
+            for hi in range(n_heads):
+                if grid.heads is None:
+                    same = torch.equal(clean_value, corrupted_value)
+                else:
+                    same = torch.equal(clean_value[:, grid.heads[hi]], corrupted_value[:, grid.heads[hi]])
+                computed[li, pi, hi] = not same
+
+    corrupted_logits, _, kv_cache = _capture(model, corrupted_run, grid.names if skip_identical else [],
+                                             use_cache=model.adapter.prefix_reuse, observe=find_no_ops)
     if kv_cache is not None and not _croppable(kv_cache, corrupted_run.ids.shape[1]):
         kv_cache = None
     with torch.no_grad():
         clean_metric = float(metric(clean_logits[None], clean_logits)[0])
         corrupted_metric = float(metric(corrupted_logits[None], clean_logits)[0])
 
-    n_heads = len(grid.heads) if grid.heads is not None else 1
-    every_cell = [(li, pi, hi) for li in range(len(grid.layers)) for pi in range(len(grid.pairs))
-                  for hi in range(n_heads)]
-    computed = torch.ones(len(grid.layers), len(grid.pairs), n_heads, dtype=torch.bool)
-
-    def no_op(li: int, pi: int, hi: int) -> bool:
-        """The clean value(s) of the cell equal the corrupted value(s) it would overwrite, bit for bit."""
-        pair, name = grid.pairs[pi], grid.names[li]
-        clean_value, corrupted_value = clean_acts[name][list(pair.clean)], corrupted_acts[name][list(pair.corrupted)]
-        if grid.heads is not None:
-            clean_value, corrupted_value = clean_value[:, grid.heads[hi]], corrupted_value[:, grid.heads[hi]]
-        return torch.equal(clean_value, corrupted_value)
-
-    cells = []
-    for cell in every_cell:
-        if skip_identical and no_op(*cell):
-            computed[cell] = False
-        else:
-            cells.append(cell)
+    cells = [(li, pi, hi) for li in range(len(grid.layers)) for pi in range(len(grid.pairs))
+             for hi in range(n_heads) if computed[li, pi, hi]]
     seq_len = corrupted_run.ids.shape[1]
     image_end = max((int(s.max()) for s in corrupted_run.positions.images[0] if s.numel()), default=-1) \
         if model.cfg.is_multimodal else -1
