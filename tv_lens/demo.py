@@ -233,6 +233,7 @@ def run_suite(model, name: str, task_names: Sequence[str], n_val: int, n_test: i
             f"{dict(zip(frame['layer'], frame['val_exact_match'].round(2)))} -> layer {best[method]}")
     results = []
     for t, task in tasks.items():
+        log(f"[{name}/{t}] test: {len(task.test)} image queries × {len(METHODS)} methods × {len(seeds)} seeds")
         results.append(evaluate(
             model, task, list(METHODS), vectors={"patch": image_vectors[t], "xpatch": text_vectors[t]}, layer=best,
             query_modality="image", n_shots=n_shots, seeds=tuple(seeds), max_new_tokens=MAX_NEW_TOKENS,
@@ -270,6 +271,11 @@ def run_demo(args) -> int:
     template = getattr(args, "template", None) or "qa"
     torch.set_grad_enabled(False)
     start = time.perf_counter()
+
+    def log(message: str) -> None:
+        """Progress lines with the minutes since the start (the full demo runs ~30 min on 2 CPU cores)."""
+        print(f"{(time.perf_counter() - start) / 60:5.1f} min  {message}", flush=True)
+
     print("Loading the reference VLM (real SmolLM2-135M + the shipped vision tower)...", flush=True)
     model = load_model(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
     print(model, flush=True)
@@ -278,7 +284,7 @@ def run_demo(args) -> int:
         if chosen not in ("both", name):
             continue
         results[name] = run_suite(model, name, task_names, n_val=n_val, n_test=n_test, template=template,
-                                  k_layers=k_layers, log=lambda msg: print(msg, flush=True))
+                                  k_layers=k_layers, log=log)
         print_suite(results[name])
     phase_task = reference_tasks()[0] if reference_tasks() else "country-capital"
     task = load(phase_task, n_val=n_val, n_test=n_test).with_images()
