@@ -235,6 +235,16 @@ def test_bad_requests_raise_typed_errors():
     tiny, hooked = _tiny("llama")
     clean, corrupted = _pair(tiny, hooked)
     metric = patching.logit_diff(hooked, 3, 5)
+    for bad in ({"max_rows": 0}, {"max_rows": -1}, {"max_tokens": 0}, {"max_rows": 2.5}, {"max_rows": True}):
+        with pytest.raises(InputError, match="positive int"):
+            patching.activation_patching(hooked, clean, corrupted, metric, progress=False, **bad)
+    with pytest.raises(InputError, match="True or False"):
+        patching.activation_patching(hooked, clean, corrupted, metric, skip_identical="no", progress=False)
+    with pytest.raises(InputError, match=r"LAST token's logits \[rows, d_vocab\]"):   # a TransformerLens-style metric
+        patching.activation_patching(hooked, clean, corrupted, lambda logits: logits[0, -1, 3] - logits[0, -1, 5],
+                                     progress=False)
+    with pytest.raises(PositionError, match="selects no grid column"):
+        patching.activation_patching(hooked, clean, corrupted, metric, positions=[], progress=False)
     shorter = hooked.prepare("Q:France\nA:")
     with pytest.raises(PositionError, match="equal"):
         patching.activation_patching(hooked, clean, shorter, metric, progress=False)

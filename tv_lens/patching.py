@@ -71,7 +71,13 @@ class Metric:
 
     def __call__(self, logits: Float[Tensor, "rows d_vocab"],
                  clean_logits: Float[Tensor, " d_vocab"] | None = None) -> Float[Tensor, " rows"]:
-        out = self.fn(logits, clean_logits) if self.needs_clean else self.fn(logits)
+        try:
+            out = self.fn(logits, clean_logits) if self.needs_clean else self.fn(logits)
+        except IndexError as err:
+            raise InputError(
+                f"Metric {self.name!r} failed on logits of shape {tuple(logits.shape)}: {err}. A patching metric gets "
+                "the LAST token's logits [rows, d_vocab] (one row per grid cell), not [batch, pos, d_vocab] as in "
+                "TransformerLens' patching: write logits[:, a] - logits[:, b], not logits[0, -1, a] - ...") from err
         if not isinstance(out, Tensor) or out.shape != logits.shape[:1]:
             raise InputError(f"Metric {self.name!r} must return one value per row ([{logits.shape[0]}]); got "
                              f"{getattr(out, 'shape', type(out).__name__)}.")
@@ -187,6 +193,9 @@ def align_positions(clean_positions: _positions.TokenPositions, corrupted_positi
             raise PositionError("The prompts share no prefix or suffix tokens; name the positions to align.")
         return pairs
     items = [spec] if isinstance(spec, (str, int, tuple)) else list(spec)
+    if not items:
+        raise PositionError("positions=[] selects no grid column; give positions (e.g. [-1, 'delimiter']), None for "
+                            "every position, or 'aligned'.")
     pairs = []
     for item in items:
         clean_spec, corrupted_spec = item if isinstance(item, tuple) else (item, item)
@@ -491,6 +500,11 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         IncompatibleArgumentsError: ``hook="pattern"`` (read-only; patch ``"z"``), ``heads=`` with a non-head hook.
     """
     metric = _as_metric(metric)
+    for name, value in (("max_rows", max_rows), ("max_tokens", max_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive int (a bound on one batched forward); got {value!r}.")
+    if not isinstance(skip_identical, bool):
+        raise InputError(f"skip_identical must be True or False; got {skip_identical!r}.")
     clean_run, corrupted_run, grid, kind = _setup(model, clean, corrupted, hook, layers, positions, heads)
     clean_logits, clean_acts, _ = _capture(model, clean_run, grid.names)
     n_heads = len(grid.heads) if grid.heads is not None else 1
