@@ -6,7 +6,9 @@ TransformerLens's ``get_act_patch_resid_pre``, and attribution patching vs the e
 
 The grid: ``resid_pre`` at every layer (30) × every position of a 5-shot country→capital prompt, metric = logit
 difference between the clean and the corrupted answer's first token. The clean and corrupted prompts share their
-5 demos and differ only in the query country (same token count).
+5 demos and differ only in the query country (same token count), so most cells are no-ops that the default grid
+does not re-run; the grid is also timed with ``skip_identical=False`` (every cell re-run), the speed to expect when
+the prompts differ at every position.
 
 The naive loop and TransformerLens run one full forward per cell; at ~2,000 cells on 2 shared CPU cores they are
 timed on an evenly spread subset of cells (``--loop-cells``) and extrapolated per cell — the table says so. Their
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tv_lens as tvl  # noqa: E402
 from tv_lens import patching  # noqa: E402
+from tv_lens.cli import positive_int  # noqa: E402
 from tv_lens import prompts as P  # noqa: E402
 
 
@@ -59,11 +62,11 @@ def spread(cells: list, k: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--loop-cells", type=int, default=60)
+    parser.add_argument("--loop-cells", type=positive_int, default=60)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "patching.md"))
     parser.add_argument("--skip-tl", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of the exact grid and of attribution (median)")
-    parser.add_argument("--layer-step", type=int, default=1,
+    parser.add_argument("--repeats", type=positive_int, default=5, help="runs of the exact grid and of attribution (median)")
+    parser.add_argument("--layer-step", type=positive_int, default=1,
                         help="run the exact grid on every k-th layer only and extrapolate per cell (slow machines)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
