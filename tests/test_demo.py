@@ -13,6 +13,7 @@ import pytest
 
 from tv_lens import demo as D
 from tv_lens import report as R
+from tv_lens import tasks as tvl_tasks
 from tv_lens.evaluate import EvalResult, SweepResult
 from tv_lens.lens import PhaseCurves
 
@@ -195,6 +196,26 @@ def test_text_icl_vector_patched_into_image_queries_does_name_lower(reference_mo
     assert exact["xpatch"] - exact["xbase"] >= MARGIN, exact.to_dict()
 
 
+def test_demo_runs_the_reference_suite_first_then_the_paper_suite():
+    """The suite that shows the effect on this model comes first: in `tv-lens demo`, `make demo` and the report."""
+    assert list(D.suites()) == ["reference", "paper"]
+    assert D.suites()["paper"] == list(tvl_tasks.PAPER_TASKS) and not set(D.suites()["reference"]) & set(
+        tvl_tasks.PAPER_TASKS)
+
+
+def test_demo_package_has_no_circle_and_keeps_the_old_names():
+    """demo/ = suite (results) <- report (page) <- run (model): the report reads the suite, never the runner."""
+    import ast
+
+    from tv_lens.demo import report, run, suite
+
+    imported = {name: {node.module for node in ast.walk(ast.parse(Path(mod.__file__).read_text()))
+                       if isinstance(node, ast.ImportFrom) and node.level == 1}
+                for name, mod in {"suite": suite, "report": report, "run": run}.items()}
+    assert imported["suite"] == set() and imported["report"] == {"suite"} and imported["run"] == {"report", "suite"}
+    assert R.write_report is report.write_report and D.SuiteResult is suite.SuiteResult
+
+
 def test_demo_refuses_a_dtype_it_cannot_honour():
     from tv_lens.errors import InputError
 
@@ -211,7 +232,7 @@ def test_demo_refuses_an_unknown_suite_before_loading_anything(tmp_path):
         D.main(["--suite", "nope", "--out", str(tmp_path)])
     import argparse
 
-    with pytest.raises(InputError, match="choose both, paper, reference"):
+    with pytest.raises(InputError, match="choose both, reference, paper"):
         D.run_demo(argparse.Namespace(suite="nope", out=str(tmp_path), quick=True, dtype="float32x"))
 
 

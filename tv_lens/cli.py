@@ -50,6 +50,7 @@ from . import tasks as T
 from .errors import InputError, OutputPathError, ProvenanceError, TaskError, TvLensError, UsageError
 from .io import atomic_write, check_writable
 from .evaluate import METHODS, PATCH_METHODS, EvalResult, SweepResult, best_layer, evaluate, layer_sweep
+from .demo.suite import suites
 from .model import HookedMultimodalModel, _parse_dtype
 from .vectors import TaskVector, ensemble, extract_task_vector, instruction_vector
 
@@ -901,8 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the offline demo on the real SmolLM2-135M")
     demo.add_argument("--out", default="tv_lens_demo", help="folder for the report")
     demo.add_argument("--quick", action="store_true", help="fewer items, for a smoke run")
-    demo.add_argument("--suite", choices=("both", "paper", "reference"), default="both",
-                      help="the paper's six tasks, the reference tasks (chosen for SmolLM2), or both (default)")
+    demo.add_argument("--suite", choices=("both", *suites()), default="both",
+                      help="the reference tasks (chosen for SmolLM2), the paper's six tasks, or both (default: "
+                           "the reference suite first)")
     demo.add_argument("--template", choices=sorted(P.TEMPLATES), default="qa",
                       help="prompt layout (default qa, the paper's Q:{x}\\nA:{y}; see `tvl.prompts.TEMPLATES`)")
     demo.add_argument("--device", default=None)

@@ -40,8 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
-from .protocol import check_vector, demo_pool, format_ci, mean_ci, other_modality, vectors_for_methods
+from .protocol import check_vector, demo_pool, other_modality, vectors_for_methods
 from .prompts import Prompt, Template, encode, icl, queries, sample_demos
+from .stats import format_ci, mean_ci
 from .vectors import TaskVector
 
 METHODS = ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch", "ensemble_patch",

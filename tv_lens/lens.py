@@ -27,7 +27,6 @@ from __future__ import annotations
 import html
 import itertools
 import math
-import statistics
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .errors import InputError, TaskError
 from .prompts import Prompt, encode
+from .stats import t_quantile_975
 from .vectors import TaskVector
 
 OUTPUTS = ("logits", "probs", "log_probs")
@@ -632,21 +632,6 @@ def lens_over_layers(model, inputs: Any, position: Any = "last", layers: Sequenc
 
 
 # ---------------------------------------------------------------------------------------------- phase curves
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t critical value for ``df`` degrees of freedom (table to 30, then a Cornish–Fisher
-    expansion around the normal quantile; error < 1e-3)."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = statistics.NormalDist().inv_cdf(0.975)
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-
-
 def find_peak(values: Sequence[float] | Tensor, layers: Sequence[int]) -> tuple[int, float]:
     """``(layer, value)`` of the maximum of a per-layer curve; ties go to the lowest layer."""
     values = (values.detach().double().cpu() if isinstance(values, Tensor)

@@ -6,16 +6,17 @@
 - :func:`check_vector` holds each method to the kind and modality its name promises (Table 3's "Patch" is a
   vector from demos in the QUERY's modality, "xPatch" one from the OTHER modality, ...);
 - :func:`demo_pool` never lets ICL demos come from the items being scored;
-- :func:`mean_ci` is the mean ± 95% confidence half-width over seeds that every table reports.
+- :func:`mean_ci` (now in :mod:`tv_lens.stats`, re-exported) is the mean ± 95% confidence half-width over seeds
+  that every table reports.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import IncompatibleArgumentsError, TaskError, VectorError
+from .stats import format_ci, mean_ci  # moved to tv_lens.stats; re-exported here
 
 #: Methods that patch a residual-stream task vector, and the vector kind each one must be given.
 VECTOR_KINDS = {"patch": "icl", "xpatch": "icl", "instruction_patch": "instruction", "ensemble_patch": "ensemble"}
@@ -131,27 +132,6 @@ def demo_pool(scored: Sequence, pool: Sequence | None, demo_modality: str, n_sho
                         f"{n_shots}. Use task.with_images() (it re-splits so train keeps imaged items) or "
                         "task.resplit(n_val=..., n_test=...) with smaller splits.")
     return pool
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """``(mean, half-width of the 95% Student-t confidence interval)``; the half-width is NaN for one value."""
-    values = [float(v) for v in values]
-    if not values:
-        raise TaskError("No values to summarise.")
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    from .lens import t_quantile_975
-
-    t = t_quantile_975(n - 1)
-    return mean, t * sd / math.sqrt(n)
-
-
-def format_ci(mean: float, half: float, digits: int = 3) -> str:
-    """``"0.520 ± 0.031"`` (just the mean when there is one seed)."""
-    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 __all__ = ["VECTOR_KINDS", "check_vector", "demo_pool", "format_ci", "mean_ci", "other_modality",

@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import LayerOutOfRangeError, TaskError, VectorError
-from .prompts import Prompt, encode, instruction
+from .prompts import Prompt, encode, icl, instruction
+from .protocol import demo_pool
 
 FORMAT = "tv_lens.task_vector/2"
 """Version 2: the checksum covers the metadata too (version 1 covered the tensors only)."""
@@ -318,12 +319,52 @@ def extract_task_vector(model, prompts: Sequence[Prompt], layers: str | int | Se
         extra={"n_shots": first.n_demos} if first.kind == "icl" else {})
 
 
+def icl_vector(model, items: Any, seed: int = 0, n_shots: int = 5, modality: str = "text",
+               pool: Sequence | None = None, split: str = "val", layers: str | int | Sequence[int] = "all",
+               position: Any = "delimiter[-1]", template: Any = None, chat: bool = False, batch_size: int = 8,
+               keep_per_prompt: bool = False, progress: bool = True) -> TaskVector:
+    """THE per-seed recipe (one vector for one demo seed), shared by :func:`extract_task_vectors`, the ``tv-lens``
+    commands and the demo: one ``n_shots`` ICL prompt per item of the ``split`` (demos drawn with ``seed`` from
+    ``pool``, default the task's train split), read at ``position`` (the last demo's delimiter) and averaged.
+
+    The demos never come from the items the vector is averaged over (:func:`tv_lens.protocol.demo_pool`), except
+    for ``split="train"``: then each prompt's demos are the OTHER train items (a train vector is never scored on
+    train, so nothing leaks into val or test).
+
+    Args:
+        items: a ``Task`` (its ``split`` items; demos from ``train``) or a list of items (then ``pool=`` is needed).
+        modality: of the demos (and of the prompt's query).
+        split: which split of a ``Task`` to average over (``"val"``, ``"train"`` or ``"test"``).
+
+    Raises:
+        TaskError: no pool, a pool that shares items with the split, too few pool items (with an image) for
+            ``n_shots``; an unknown split.
+
+    Returns:
+        A :class:`TaskVector` with ``seed`` and ``task`` set.
+    """
+    name = getattr(items, "name", None)
+    if isinstance(items, (list, tuple)) or not hasattr(items, "train"):
+        queries = scored = list(items)
+    else:
+        if split not in ("val", "train", "test"):
+            raise TaskError(f"split must be 'val', 'train' or 'test', not {split!r}.")
+        queries = list(getattr(items, split))
+        scored = [] if split == "train" else queries   # a train vector: each prompt's demos are the OTHER items
+        pool = list(items.train) if pool is None else pool
+    pool = demo_pool(scored, pool, modality, n_shots, name or "task")
+    prompts = icl(queries, n_shots=n_shots, modality=modality, pool=pool, seed=seed, template=template, chat=chat)
+    return extract_task_vector(model, prompts, layers=layers, position=position, batch_size=batch_size,
+                               keep_per_prompt=keep_per_prompt, task=name, seed=seed, progress=progress)
+
+
 def extract_task_vectors(model, items: Any, n_shots: int = 5, modality: str = "text", seeds: Sequence[int] = (0, 1, 2),
                          pool: Sequence | None = None, layers: str | int | Sequence[int] = "all",
                          template: Any = None, chat: bool = False, batch_size: int = 8,
                          keep_per_prompt: bool = False, progress: bool = True) -> list[TaskVector]:
     """One task vector per seed, as the paper builds them: for each seed, one ``n_shots`` ICL prompt per
-    validation item (demos from ``pool``, default the task's train split), read at the last demo's delimiter.
+    validation item (demos from ``pool``, default the task's train split), read at the last demo's delimiter
+    (:func:`icl_vector`, the one recipe the CLI and the demo use too).
 
     Args:
         items: a ``Task`` (its ``val`` items; demos from ``train``) or a list of items (then ``pool=`` is needed).
@@ -333,18 +374,9 @@ def extract_task_vectors(model, items: Any, n_shots: int = 5, modality: str = "t
         ``[TaskVector per seed]`` — pass it to :func:`tv_lens.layer_sweep` and as ``vectors={"patch": ...}`` to
         :func:`tv_lens.evaluate` (seed ``i`` of the evaluation patches vector ``i``).
     """
-    from .prompts import icl
-    from .protocol import demo_pool
-
-    name = getattr(items, "name", None)
-    queries = list(getattr(items, "val", items))
-    if pool is None and hasattr(items, "train"):
-        pool = list(items.train)
-    pool = demo_pool(queries, pool, modality, n_shots, name or "task")
-    return [extract_task_vector(model, icl(queries, n_shots=n_shots, modality=modality, pool=pool, seed=seed,
-                                           template=template, chat=chat),
-                                layers=layers, batch_size=batch_size, keep_per_prompt=keep_per_prompt, task=name,
-                                seed=seed, progress=progress)
+    return [icl_vector(model, items, seed, n_shots=n_shots, modality=modality, pool=pool, layers=layers,
+                       template=template, chat=chat, batch_size=batch_size, keep_per_prompt=keep_per_prompt,
+                       progress=progress)
             for seed in seeds]
 
 
@@ -401,5 +433,5 @@ def cosine_similarity(a: TaskVector, b: TaskVector, layers: Sequence[int] | None
 
 
 __all__ = ["TaskVector", "cosine_similarity", "ensemble", "extract_task_vector", "extract_task_vectors",
-           "instruction_vector",
+           "icl_vector", "instruction_vector",
            "transfer"]

@@ -89,7 +89,7 @@ MUTANTS = [
      "pool=pools[method], seed=seed",
      "pool=query_items, seed=seed",
      [TV + "test_evaluate_methods_table_and_sweep", P + "test_majority_is_the_most_common_demo_label_not_the_first"]),
-    ("CI with the normal quantile instead of Student t", "tv_lens/protocol.py",
+    ("CI with the normal quantile instead of Student t", "tv_lens/stats.py",
      "    t = t_quantile_975(n - 1)",
      "    t = 1.96",
      [P + "test_tables_are_mean_over_seeds_with_95_percent_ci"]),
