@@ -108,6 +108,38 @@ def test_extract_writes_the_library_vector(files, tmp_path):
     assert both.kind == "ensemble" and both.layers == [0, 1, 2]
 
 
+def test_extract_refuses_an_out_name_of_another_format_before_loading(files, tmp_path, capsys):
+    """`--out v.csv` used to write `v.csv.safetensors` silently: now exit 2 naming both fixes, nothing written."""
+    assert run("extract", tmp_path / "no-such-model", files["task"], *SMALL, "--out", tmp_path / "v.csv") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tv-lens: error: --out") and err.count("\n") == 1
+    assert "v.safetensors" in err and "v.csv.safetensors" in err, err
+    assert not list(tmp_path.iterdir())
+    # a name with no format suffix keeps its name, .safetensors appended (docs/cli.md)
+    assert run("extract", files["llama"], files["task"], *SMALL, "--layers", "0", "--out", tmp_path / "cc.icl.text") == 0
+    assert tvl.TaskVector.load(tmp_path / "cc.icl.text.safetensors").layers == [0]
+
+
+def test_cli_vectors_are_the_library_recipe_and_refuse_demos_from_the_scored_split(files, tmp_path, capsys):
+    """The CLI, the demo and extract_task_vectors share vectors.icl_vector: a task whose train split is empty has no
+    demo pool, and the CLI refuses (it used to draw demos from the very val items the sweep scores)."""
+    task = tvl.tasks.load(files["task"], n_val=4, n_test=6)
+    model = tvl.HookedMultimodalModel.from_pretrained(files["llama"])
+    recipe = tvl.runs.Recipe(n_shots=2, batch_size=4, progress=False)
+    (ours,) = recipe.vectors(model, task, "text", seeds=[1], layers=[0, 1])
+    (library,) = tvl.extract_task_vectors(model, task, n_shots=2, seeds=[1], layers=[0, 1], progress=False)
+    assert torch.equal(ours.vectors, library.vectors) and ours.seed == library.seed == 1
+
+    items = json.loads(Path(files["task"]).read_text())["items"][:10]
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"name": "small", "items": [dict(it, image=None) for it in items]}))
+    assert run("sweep", files["llama"], small, "--n-val", "4", "--n-test", "6", "--n-shots", "2", "--no-progress",
+               "--out", tmp_path / "s.csv") == 2
+    err = capsys.readouterr().err
+    assert "demo" in err and "pool" in err, err
+    assert not (tmp_path / "s.csv").exists()
+
+
 # ---------------------------------------------------------------------------------------------- sweep + merge
 def test_sweep_csv_json_figure_and_vector_file(files, tmp_path, capsys):
     out = tmp_path / "sweep.csv"

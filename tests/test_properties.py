@@ -20,6 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 import tv_lens as tvl  # noqa: E402
 from tv_lens import cli  # noqa: E402
 from tv_lens import prompts as P  # noqa: E402
+from tv_lens import runs  # noqa: E402
 from tv_lens.errors import InputError, TaskError, VectorError  # noqa: E402
 from tv_lens.tasks.loaders import _json_depth_ok  # noqa: E402
 from tv_lens.testing import tiny_model  # noqa: E402
@@ -186,9 +187,9 @@ def test_shards_partition_the_work(n_units, n):
     units = list(range(n_units))
     if n > n_units:
         with pytest.raises(InputError):
-            cli._shard_units(units, (0, n))
+            runs.shard_units(units, (0, n))
         return
-    parts = [cli._shard_units(units, (i, n)) for i in range(n)]
+    parts = [runs.shard_units(units, (i, n)) for i in range(n)]
     assert sorted(u for p in parts for u in p) == units and all(parts)
 
 
@@ -204,13 +205,13 @@ def test_shard_check_finds_missing_and_repeated(n, dropped, doubled):
         return
     if doubled:
         with pytest.raises(InputError, match="both shard"):
-            cli._check_shards(frames, allow_partial=False)
+            runs.check_shards(frames, allow_partial=False)
     elif dropped:
         with pytest.raises(InputError, match="missing"):
-            cli._check_shards(frames, allow_partial=False)
-        cli._check_shards(frames, allow_partial=True)
+            runs.check_shards(frames, allow_partial=False)
+        runs.check_shards(frames, allow_partial=True)
     else:
-        cli._check_shards(frames, allow_partial=False)
+        runs.check_shards(frames, allow_partial=False)
 
 
 @FAST
