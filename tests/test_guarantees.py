@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import tv_lens as tvl
-from tv_lens import cli
+from tv_lens import cli, runs
 from tv_lens.errors import (ContextLengthError, ImageError, InputError, OutputPathError, PatchNotFiredError,
                             TaskError, UnsafePathError, VectorError)
 from tv_lens.io import atomic_save, atomic_write, atomic_write_text
@@ -169,7 +169,7 @@ def test_cli_tables_and_figures_are_atomic(tmp_path, monkeypatch):
 
 
 def test_sweep_never_writes_two_outputs_to_one_path(files, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(runs, "load_model", _no_model)
     assert run("sweep", files["llama"], files["task"], *SMALL, "--out", tmp_path / "s.html") == 2
     assert ".csv or .json" in capsys.readouterr().err and not (tmp_path / "s.html").exists()
 
@@ -367,7 +367,7 @@ def _no_model(*args, **kwargs):
 @pytest.mark.parametrize("case", ["device", "cuda", "batch-size 0", "n-shots -1", "max-new-tokens 0", "out field",
                                   "out in a file", "remote code", "merge onto input", "phases suffix", "dtype"])
 def test_bad_arguments_fail_before_the_model_loads(files, tmp_path, monkeypatch, capsys, case):
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(runs, "load_model", _no_model)
     model, task = files["llama"], files["task"]
     if case == "remote code":
         remote = tmp_path / "remote"
@@ -408,7 +408,7 @@ def test_bad_arguments_fail_before_the_model_loads(files, tmp_path, monkeypatch,
 
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root can write anywhere")
 def test_read_only_output_folder_fails_before_the_model_loads(files, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(runs, "load_model", _no_model)
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
@@ -428,7 +428,7 @@ def test_read_only_check_itself(tmp_path, monkeypatch):
 
 
 def test_debug_shows_the_traceback_and_unexpected_errors_are_one_line(files, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(runs, "load_model", _no_model)
     argv = ["sweep", files["llama"], files["task"], *SMALL, "--out", tmp_path / "s.csv"]
     assert run(*argv) == 1
     err = capsys.readouterr().err
@@ -440,7 +440,7 @@ def test_debug_shows_the_traceback_and_unexpected_errors_are_one_line(files, tmp
 def test_sweep_refuses_a_vector_of_another_task(files, tmp_path, monkeypatch, capsys):
     other = _vector()   # task "cc"; the run's task is "capitals" (old: the one file was used for it anyway)
     path = other.save(tmp_path / "cc.safetensors")
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(runs, "load_model", _no_model)
     assert run("sweep", files["llama"], files["task"], *SMALL, "--vector", path, "--out", tmp_path / "s.csv") == 2
     assert "for task(s) ['cc']" in capsys.readouterr().err
 

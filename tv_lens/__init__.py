@@ -1,6 +1,6 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import geometry, heads, hooks, lens, patching, plot, positions, prompts, protocol, tasks
+from . import geometry, heads, hooks, lens, patching, plot, positions, prompts, protocol, runs, stats, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
@@ -34,7 +34,9 @@ __all__ = [
     "positions",
     "prompts",
     "protocol",
+    "runs",
     "sample_efficiency",
+    "stats",
     "tasks",
     "transfer",
 ]

@@ -12,7 +12,8 @@ from .. import prompts as P
 from ..errors import UsageError
 from ..evaluate import METHODS, PATCH_METHODS
 from ..model import HookedMultimodalModel
-from ..runs import Recipe, TABLE_SUFFIXES, load_model, one_line, parse_shard_label
+from .. import runs
+from ..runs import TABLE_SUFFIXES, Recipe, one_line, parse_shard_label
 from ..runs import provenance as run_provenance
 
 CONTEXT_METHODS = ("majority", "base", "xbase")   # demos in the prompt: drawn per (task, seed), not per item
@@ -166,12 +167,13 @@ def table_path(args, default: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- from the arguments
 def model_from(args) -> HookedMultimodalModel:
-    """Load ``args.model`` with the model options."""
+    """Load ``args.model`` with the model options (:func:`tv_lens.runs.load_model`, looked up when called so that a
+    test can stand in for it)."""
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return load_model(args.model, args.dtype, args.device, args.device_map, args.load_in_4bit,
+    return runs.load_model(args.model, args.dtype, args.device, args.device_map, args.load_in_4bit,
                       args.trust_remote_code)
 
 
