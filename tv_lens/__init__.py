@@ -1,13 +1,12 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
+from ._version import __version__
 from . import geometry, heads, hooks, lens, patching, plot, positions, prompts, protocol, runs, stats, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
 from .vectors import (TaskVector, cosine_similarity, ensemble, extract_task_vector, extract_task_vectors,
                       instruction_vector, transfer)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EvalResult",

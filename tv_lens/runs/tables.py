@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from .. import tasks as T
+from .._version import __version__
 from ..errors import InputError, OutputPathError, ProvenanceError
 from ..evaluate import METHODS
 from ..io import atomic_write, check_writable
@@ -108,8 +109,6 @@ def provenance(command: str, model, tasks: Sequence[T.Task], *, n_val: int, n_te
 
     Shard-independent on purpose: the shards of one run carry the same string, so a merge can demand equality.
     """
-    from .. import __version__
-
     record = {
         "tv_lens": __version__, "command": command, "model": model.cfg.model_name, "family": model.cfg.family,
         "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
