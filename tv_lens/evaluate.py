@@ -40,15 +40,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
+from .methods import CONTEXT_METHODS, METHODS, PATCH_METHODS  # noqa: F401 - the method table; PATCH_METHODS re-exported
 from .protocol import check_vector, demo_pool, other_modality, vectors_for_methods
 from .prompts import Prompt, Template, encode, icl, queries, sample_demos
 from .stats import format_ci, mean_ci
 from .vectors import TaskVector
-
-METHODS = ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch", "ensemble_patch",
-           "fv_add", "heads_patch")
-PATCH_METHODS = ("patch", "xpatch", "instruction_patch", "ensemble_patch")
-CONTEXT_METHODS = ("base", "xbase", "majority")
 
 
 def first_token_correct(prediction: str, label: str, case_sensitive: bool = True) -> bool:

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import IncompatibleArgumentsError, TaskError, VectorError
+from .methods import BY_NAME, VECTOR_KINDS, method_for_kind
 from .stats import format_ci, mean_ci  # moved to tv_lens.stats; re-exported here
 
-#: Methods that patch a residual-stream task vector, and the vector kind each one must be given.
-VECTOR_KINDS = {"patch": "icl", "xpatch": "icl", "instruction_patch": "instruction", "ensemble_patch": "ensemble"}
 
 def other_modality(modality: str) -> str:
     """``"image"`` for ``"text"`` and back."""
@@ -80,24 +79,20 @@ def check_vector(method: str, vec: Any, query_modality: str) -> None:
     want = VECTOR_KINDS[method]
     if kind != want:
         raise VectorError(f"Method {method!r} patches a {want!r} vector; this one has kind {kind!r} ({vec!r}). "
-                          f"Pass it under the method it is for, e.g. vectors={{'{_method_for(kind)}': ...}}.")
-    if method in ("patch", "xpatch"):
-        need = query_modality if method == "patch" else other_modality(query_modality)
+                          f"Pass it under the method it is for, e.g. vectors={{'{method_for_kind(kind)}': ...}}.")
+    row = BY_NAME[method]   # the method's row in tv_lens.methods
+    if row.vector_kind == "icl":
+        need = row.source_modality(query_modality)
         if vec.modality != need:
             right = "patch" if vec.modality == query_modality else "xpatch"
             raise VectorError(
                 f"Method {method!r} on {query_modality} queries needs a vector from {need} demos; this one is "
                 f"from {vec.modality} demos — that is {right!r} (vectors={{'{right}': ...}}).")
-    if method == "ensemble_patch":
+    if row.vector_kind == "ensemble":
         kinds = vec.extra.get("member_kinds") or []
         if "instruction" not in kinds or "icl" not in kinds:
             raise VectorError(f"An ensemble_patch vector must ensemble an exemplar (icl) vector AND an instruction "
                               f"vector; its members are {kinds}. Use tvl.ensemble([icl_vec, instruction_vec]).")
-
-
-def _method_for(kind: str | None) -> str:
-    return {"instruction": "instruction_patch", "ensemble": "ensemble_patch", "function_vector": "fv_add"}.get(
-        kind or "", "patch")
 
 
 def _key(item: Any) -> tuple:

@@ -8,11 +8,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import InputError, ProvenanceError
-from ..evaluate import PATCH_METHODS, EvalResult, SweepResult, best_layer, evaluate, layer_sweep
+from ..evaluate import EvalResult, SweepResult, best_layer, evaluate, layer_sweep
+from ..methods import BY_NAME, CLI_METHODS, CONTEXT_METHODS, PATCH_METHODS
 from ..protocol import other_modality
 from ..runs import (check_modalities, check_outputs, load_tasks, merge_scores, provenance_of, read_table,
                     score_counts, shard_label, shard_units, sibling, sort_predictions, table_kind)
-from .options import (CLI_METHODS, CONTEXT_METHODS, model_from, model_options, parse_methods, positive_int,
+from .options import (model_from, model_options, parse_methods, positive_int,
                       provenance, recipe_from, run_options, table_path)
 from .output import finish_evaluate
 
@@ -92,7 +93,7 @@ def work_units(tasks: list, item_methods: list[str], context_methods: list[str],
 
 def run(args) -> int:
     methods, query = args.methods, args.query_modality
-    needs_other = bool({"xbase", "xpatch"} & set(methods))
+    needs_other = any("other" in (BY_NAME[m].demos, BY_NAME[m].vector_modality) for m in methods)
     tasks = load_tasks(args.tasks, args.n_val, args.n_test, images=query == "image" or needs_other)
     patch_methods = [m for m in methods if m in PATCH_METHODS]
     layer_files = []

@@ -10,14 +10,12 @@ from typing import Any
 
 from .. import prompts as P
 from ..errors import UsageError
-from ..evaluate import METHODS, PATCH_METHODS
+from ..methods import CLI_METHODS, CONTEXT_METHODS, METHODS
 from ..model import HookedMultimodalModel
 from .. import runs
 from ..runs import TABLE_SUFFIXES, Recipe, one_line, parse_shard_label
 from ..runs import provenance as run_provenance
 
-CONTEXT_METHODS = ("majority", "base", "xbase")   # demos in the prompt: drawn per (task, seed), not per item
-CLI_METHODS = ("no_context", *CONTEXT_METHODS, *PATCH_METHODS)   # the head methods need a head selection: Python
 OUT_FIELDS = ("i", "n")   # the fields an --out template may use
 
 

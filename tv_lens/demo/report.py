@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import plot
 from ..io import atomic_write_text
-from .suite import METHODS, ROW_NAMES
+from .suite import BASELINES, METHODS, ROW_NAMES
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
@@ -48,7 +48,7 @@ def table_html(suite, metric: str) -> str:
     cols = suite.tasks + ["Avg"]
     out = ["<table class='tbl'><tr><th>method</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
     for m in METHODS:
-        cls = " class='baseline'" if m in ("majority", "no_context") else ""
+        cls = " class='baseline'" if m in BASELINES else ""
         cells = []
         for t in cols:
             r = rows[(rows["method"] == m) & (rows["task"] == t)].iloc[0]

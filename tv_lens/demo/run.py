@@ -21,10 +21,10 @@ from ..lens import phase_curves
 from ..model import HookedMultimodalModel
 from ..prompts import icl
 from ..tasks import load
-from ..vectors import icl_vector
+from ..runs import Recipe
 from .report import write_report
-from .suite import (EXACT_MATCH_CANDIDATES, MAX_NEW_TOKENS, METHODS, N_BOOTSTRAP, SEEDS, SuiteResult,
-                    reference_tasks, suites, summarize)
+from .suite import (EXACT_MATCH_CANDIDATES, MAX_NEW_TOKENS, METHODS, N_BOOTSTRAP, QUERY_MODALITY, SEEDS,
+                    SuiteResult, reference_tasks, suites, summarize)
 
 
 def load_model(device: str | None = None, dtype: str | torch.dtype | None = None) -> HookedMultimodalModel:
@@ -75,14 +75,13 @@ def run_suite(model, name: str, task_names: Sequence[str], n_val: int, n_test: i
               n_boot: int = N_BOOTSTRAP, log=print) -> SuiteResult:
     """Table 3 on image queries for one suite, over ``seeds`` (demo draws and vectors per seed; splits fixed)."""
     tasks = {t: load(t, n_val=n_val, n_test=n_test, seed=0).with_images() for t in task_names}
-    text_vectors: dict[str, list] = {t: [] for t in tasks}
-    image_vectors: dict[str, list] = {t: [] for t in tasks}
+    recipe = Recipe(n_shots=n_shots, template=template, batch_size=batch_size, progress=False)
+    by_task = {}
     for t, task in tasks.items():
         log(f"[{name}/{t}] {len(task.val)} val / {len(task.test)} test image items; vectors for seeds {tuple(seeds)}")
-        for seed in seeds:
-            for modality, store in (("text", text_vectors), ("image", image_vectors)):
-                store[t].append(icl_vector(model, task, seed, n_shots=n_shots, modality=modality, template=template,
-                                           batch_size=batch_size, progress=False))
+        by_task[t] = recipe.patch_vectors(model, task, ("patch", "xpatch"), seeds, QUERY_MODALITY)
+    image_vectors = {t: v["patch"] for t, v in by_task.items()}   # image demos: Patch on image queries
+    text_vectors = {t: v["xpatch"] for t, v in by_task.items()}   # text demos: xPatch
     sweeps, best, layer_rows = {}, {}, []
     for method, vectors in (("xpatch", text_vectors), ("patch", image_vectors)):
         sweeps[method] = layer_sweep(model, vectors, tasks, query_modality="image", template=template,

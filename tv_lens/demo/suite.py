@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate import EvalResult, SweepResult
+from ..methods import BY_NAME
 from ..stats import N_BOOTSTRAP, bootstrap_draws, percentile_ci, score_matrix
 from ..tasks import PAPER_TASKS, list_tasks
 
@@ -21,15 +22,12 @@ SEEDS = (0, 1, 2)
 #: Layers (best by first-token accuracy on val) re-scored by exact match before the final choice.
 EXACT_MATCH_CANDIDATES = 4
 
+#: The demo's rows (image queries); their names come from the method table (:mod:`tv_lens.methods`).
 METHODS = ("majority", "no_context", "base", "xbase", "patch", "xpatch")
-ROW_NAMES = {
-    "majority": "Random (majority label)",
-    "no_context": "No Context",
-    "base": "Image ICL Base",
-    "patch": "Image ICL Patch",
-    "xbase": "Text ICL xBase",
-    "xpatch": "Text ICL xPatch",
-}
+QUERY_MODALITY = "image"
+ROW_NAMES = {m: BY_NAME[m].label(QUERY_MODALITY) for m in METHODS}
+#: The baselines (shaded in the report).
+BASELINES = tuple(m for m in METHODS if BY_NAME[m].baseline)
 PAIRS = (("xpatch", "xbase"), ("patch", "base"), ("xpatch", "no_context"), ("xpatch", "majority"))
 
 ci = percentile_ci   # the demo's old name for the 95% percentile interval (now in tv_lens.stats)
@@ -107,5 +105,6 @@ def _ci_dict(values: np.ndarray) -> dict:
     return {"low": low, "high": high}
 
 
-__all__ = ["EXACT_MATCH_CANDIDATES", "MAX_NEW_TOKENS", "METHODS", "N_BOOTSTRAP", "PAIRS", "ROW_NAMES", "SEEDS",
-           "SuiteResult", "bootstrap_draws", "ci", "reference_tasks", "score_matrix", "suites", "summarize"]
+__all__ = ["BASELINES", "EXACT_MATCH_CANDIDATES", "MAX_NEW_TOKENS", "METHODS", "N_BOOTSTRAP", "PAIRS",
+           "QUERY_MODALITY", "ROW_NAMES", "SEEDS", "SuiteResult", "bootstrap_draws", "ci", "reference_tasks",
+           "score_matrix", "suites", "summarize"]

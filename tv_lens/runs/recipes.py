@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import tasks as T
 from ..errors import TaskError
-from ..protocol import VECTOR_KINDS, other_modality
+from ..methods import BY_NAME
 from ..vectors import TaskVector, ensemble, icl_vector, instruction_vector
 
 Layers = Any   # "all", an int, or a list of ints
@@ -67,19 +67,18 @@ class Recipe:
                 cache[modality, seed] = self.vector(model, task, modality, seed, layers)
             return cache[modality, seed]
 
-        wanted = [m for m in methods if m in VECTOR_KINDS]
+        rows = [BY_NAME[m] for m in methods if m in BY_NAME and BY_NAME[m].patches_task_vector]
         instruction = (task_instruction_vector(model, task, layers)
-                       if {"instruction_patch", "ensemble_patch"} & set(wanted) else None)
+                       if any(row.vector_kind in ("instruction", "ensemble") for row in rows) else None)
         out: dict[str, list[TaskVector]] = {}
-        for method in wanted:
-            if method == "patch":
-                out[method] = [icl(query_modality, seed) for seed in seeds]
-            elif method == "xpatch":
-                out[method] = [icl(other_modality(query_modality), seed) for seed in seeds]
-            elif method == "instruction_patch":
-                out[method] = [instruction]
-            else:   # ensemble_patch
-                out[method] = [ensemble([icl("text", seed), instruction]) for seed in seeds]
+        for row in rows:   # what each method patches: its row in tv_lens.methods
+            source = row.source_modality(query_modality)
+            if row.vector_kind == "icl":
+                out[row.name] = [icl(source, seed) for seed in seeds]
+            elif row.vector_kind == "instruction":
+                out[row.name] = [instruction]
+            else:   # ensemble: the paper's exemplar (text demos) + instruction vector
+                out[row.name] = [ensemble([icl(source, seed), instruction]) for seed in seeds]
         return out
 
 

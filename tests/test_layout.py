@@ -1,0 +1,113 @@
+"""The house's boundaries (issue #23): one method table, one stats module, one vector recipe, and every old import
+name still answering after the moves (cli/, demo/, runs/, stats, methods)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import tv_lens as tvl
+from tv_lens import methods as M
+from tv_lens.errors import IncompatibleArgumentsError
+
+#: Names users and scripts import, with the object they must be now (the move kept each one's identity).
+OLD_NAMES = {
+    "tv_lens.lens.t_quantile_975": "tv_lens.stats.t_quantile_975",
+    "tv_lens.protocol.mean_ci": "tv_lens.stats.mean_ci",
+    "tv_lens.protocol.format_ci": "tv_lens.stats.format_ci",
+    "tv_lens.protocol.VECTOR_KINDS": "tv_lens.methods.VECTOR_KINDS",
+    "tv_lens.evaluate.METHODS": "tv_lens.methods.METHODS",
+    "tv_lens.evaluate.PATCH_METHODS": "tv_lens.methods.PATCH_METHODS",
+    "tv_lens.demo.SuiteResult": "tv_lens.demo.suite.SuiteResult",
+    "tv_lens.demo.summarize": "tv_lens.demo.suite.summarize",
+    "tv_lens.demo.bootstrap_draws": "tv_lens.stats.bootstrap_draws",
+    "tv_lens.demo.run_demo": "tv_lens.demo.run.run_demo",
+    "tv_lens.report.write_report": "tv_lens.demo.report.write_report",
+    "tv_lens.report.findings": "tv_lens.demo.report.findings",
+    "tv_lens.cli.main": "tv_lens.cli.main.main",
+    "tv_lens.cli.parse_ints": "tv_lens.cli.options.parse_ints",
+    "tv_lens.cli.positive_int": "tv_lens.cli.options.positive_int",
+    "tv_lens.cli.fill_out_template": "tv_lens.cli.options.fill_out_template",
+    "tv_lens.cli.write_table": "tv_lens.runs.tables.write_table",
+    "tv_lens.cli.read_table": "tv_lens.runs.tables.read_table",
+    "tv_lens.cli.load_model": "tv_lens.runs.load.load_model",
+    "tv_lens.cli.load_tasks": "tv_lens.runs.load.load_tasks",
+    "tv_lens.cli.check_outputs": "tv_lens.runs.tables.check_outputs",
+}
+
+
+def _resolve(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError:   # a submodule named like a package attribute (tv_lens.cli.main.main)
+        parent, _, sub = module.rpartition(".")
+        return getattr(getattr(importlib.import_module(parent), sub), name)
+
+
+@pytest.mark.parametrize("old", sorted(OLD_NAMES))
+def test_old_import_names_are_the_moved_objects(old):
+    assert _resolve(old) is _resolve(OLD_NAMES[old])
+
+
+def test_every_public_name_resolves_and_the_console_script_target_is_callable():
+    assert all(hasattr(tvl, name) for name in tvl.__all__)
+    from tv_lens.cli import main
+
+    assert callable(main) and main.__module__ == "tv_lens.cli.main"
+
+
+def test_the_method_table_is_what_protocol_evaluate_cli_and_demo_read():
+    from tv_lens import protocol
+    from tv_lens.cli import options
+    from tv_lens.demo import suite
+
+    assert M.METHODS == ("no_context", "majority", "base", "xbase", "patch", "xpatch", "instruction_patch",
+                         "ensemble_patch", "fv_add", "heads_patch")
+    assert protocol.VECTOR_KINDS == {"patch": "icl", "xpatch": "icl", "instruction_patch": "instruction",
+                                     "ensemble_patch": "ensemble"}
+    assert set(M.CONTEXT_METHODS) == {"majority", "base", "xbase"}
+    assert options.CLI_METHODS == tuple(m for m in M.METHODS if m not in ("fv_add", "heads_patch"))
+    assert suite.ROW_NAMES == {"majority": "Random (majority label)", "no_context": "No Context",
+                               "base": "Image ICL Base", "xbase": "Text ICL xBase", "patch": "Image ICL Patch",
+                               "xpatch": "Text ICL xPatch"}
+    assert suite.BASELINES == ("majority", "no_context")
+
+
+@pytest.mark.parametrize("query", ["text", "image"])
+def test_rows_resolve_modalities_relative_to_the_query(query):
+    other = "image" if query == "text" else "text"
+    assert M.method("base").demo_modality(query) == query and M.method("xbase").demo_modality(query) == other
+    assert M.method("patch").source_modality(query) == query and M.method("xpatch").source_modality(query) == other
+    assert M.method("ensemble_patch").source_modality(query) == "text"
+    assert M.method("no_context").demo_modality(query) is None and not M.method("no_context").needs_layer
+    assert M.method("xpatch").label(query) == f"{other.capitalize()} ICL xPatch"
+
+
+def test_an_unknown_method_or_modality_raises_a_typed_error_naming_the_choices():
+    with pytest.raises(IncompatibleArgumentsError, match="choose from no_context, majority"):
+        M.method("xpach")
+    with pytest.raises(IncompatibleArgumentsError, match="'text' or 'image'"):
+        M.method("xpatch").source_modality("audio")
+    assert M.method_for_kind(None) == "patch" and M.method_for_kind("instruction") == "instruction_patch"
+    assert M.method_for_kind("function_vector") == "fv_add" and M.method_for_kind("icl") == "patch"
+
+
+def test_stats_cis_are_student_t_over_seeds_and_a_paired_bootstrap():
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from tv_lens import stats
+
+    mean, half = stats.mean_ci([0.5, 0.7, 0.6])
+    assert mean == pytest.approx(0.6) and half == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(stats.mean_ci([0.4])[1]) and stats.format_ci(0.5, math.nan) == "0.500"
+    rows = [{"task": "t", "method": m, "seed": s, "query": f"q{i}", "correct": float(i < k)}
+            for m, k in (("a", 8), ("b", 2)) for s in (0, 1) for i in range(10)]
+    point, draws = stats.bootstrap_draws(pd.DataFrame(rows), ["t"], ["a", "b"], "correct", n_boot=200)
+    assert point[("a", "t")] == pytest.approx(0.8) and point[("b", "Avg")] == pytest.approx(0.2)
+    low, high = stats.percentile_ci(draws[("a", "t")] - draws[("b", "t")])
+    assert 0 < low < 0.6 < high and np.all(draws[("a", "t")] >= 0)
