@@ -32,10 +32,12 @@ test: venv
 test-fast: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" --durations=10
 
-# the layering (import-linter's contracts in pyproject.toml: no circle, no upward import) and ruff's checks
+# the layering (import-linter's contracts in pyproject.toml: no circle, no upward import), ruff, and mypy on the
+# modules listed in [tool.mypy] (more each round)
 lint: venv
 	PYTHONPATH=. $(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # only the docs pages' code blocks (also part of `make test`); see docs/doc_tests.md
 doctest: venv

@@ -38,7 +38,8 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
     if name.lower() in SMOLLM2_NAMES:
         from ..offline import load_smollm2
 
-        hf_model, tokenizer = load_smollm2(**({"dtype": _parse_dtype(dtype)} if dtype else {}))
+        parsed = _parse_dtype(dtype) if dtype else None
+        hf_model, tokenizer = load_smollm2(dtype=parsed) if parsed is not None else load_smollm2()
         return HookedMultimodalModel.from_hf(hf_model.to(device) if device else hf_model, tokenizer=tokenizer)
     if name.lower() in REFERENCE_NAMES:
         from ..reference import ReferenceWeightsError, load_reference_vlm

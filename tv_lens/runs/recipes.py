@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import tasks as T
-from ..errors import TaskError
+from ..errors import IncompatibleArgumentsError, TaskError
 from ..methods import BY_NAME
 from ..vectors import TaskVector, ensemble, icl_vector, instruction_vector
 
@@ -60,25 +60,29 @@ class Recipe:
         ``patch``: demos in the query's modality; ``xpatch``: the other modality; ``instruction_patch``: the
         task's instruction (one vector); ``ensemble_patch``: text demos + the instruction (the paper's ensemble).
         """
-        cache: dict[tuple[str, int], TaskVector] = {}
+        cache: dict[tuple[str | None, int], TaskVector] = {}
 
-        def icl(modality: str, seed: int) -> TaskVector:
+        def icl(modality: str | None, seed: int) -> TaskVector:
+            if modality is None:   # every icl / ensemble row names its demos' modality (tv_lens.methods)
+                raise IncompatibleArgumentsError("this method's row names no demo modality for its vector")
             if (modality, seed) not in cache:
                 cache[modality, seed] = self.vector(model, task, modality, seed, layers)
             return cache[modality, seed]
 
-        rows = [BY_NAME[m] for m in methods if m in BY_NAME and BY_NAME[m].patches_task_vector]
-        instruction = (task_instruction_vector(model, task, layers)
-                       if any(row.vector_kind in ("instruction", "ensemble") for row in rows) else None)
+        def instruction() -> TaskVector:   # one forward, shared by instruction_patch and ensemble_patch
+            if (None, -1) not in cache:
+                cache[None, -1] = task_instruction_vector(model, task, layers)
+            return cache[None, -1]
+
         out: dict[str, list[TaskVector]] = {}
-        for row in rows:   # what each method patches: its row in tv_lens.methods
-            source = row.source_modality(query_modality)
+        for row in (BY_NAME[m] for m in methods if m in BY_NAME and BY_NAME[m].patches_task_vector):
+            source = row.source_modality(query_modality)   # what each method patches: its row in tv_lens.methods
             if row.vector_kind == "icl":
                 out[row.name] = [icl(source, seed) for seed in seeds]
             elif row.vector_kind == "instruction":
-                out[row.name] = [instruction]
+                out[row.name] = [instruction()]
             else:   # ensemble: the paper's exemplar (text demos) + instruction vector
-                out[row.name] = [ensemble([icl(source, seed), instruction]) for seed in seeds]
+                out[row.name] = [ensemble([icl(source, seed), instruction()]) for seed in seeds]
         return out
 
 
