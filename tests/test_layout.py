@@ -111,3 +111,34 @@ def test_stats_cis_are_student_t_over_seeds_and_a_paired_bootstrap():
     assert point[("a", "t")] == pytest.approx(0.8) and point[("b", "Avg")] == pytest.approx(0.2)
     low, high = stats.percentile_ci(draws[("a", "t")] - draws[("b", "t")])
     assert 0 < low < 0.6 < high and np.all(draws[("a", "t")] >= 0)
+
+
+def test_recipe_builds_what_each_patch_method_checks_for_from_its_row():
+    """runs.Recipe.patch_vectors reads the method table; protocol.check_vector (the same table) accepts every vector,
+    and the ICL ones are exactly extract_task_vectors' (one recipe)."""
+    from types import SimpleNamespace
+
+    import torch
+    from helpers import items as make_items
+
+    from tv_lens import protocol, runs
+    from tv_lens.testing import tiny_model
+
+    pairs = [("France", "Paris"), ("Peru", "Lima"), ("Chad", "Ndjamena"), ("Iran", "Tehran"), ("Cuba", "Havana"),
+             ("Fiji", "Suva"), ("Mali", "Bamako"), ("Spain", "Madrid")]
+    items = make_items(pairs, with_images=True)
+    task = SimpleNamespace(name="caps", val=items[:3], test=[], train=items[3:],
+                           instruction="The capital city of the country:")
+    model = tiny_model("llava").hooked()
+    methods = ["no_context", "patch", "xpatch", "instruction_patch", "ensemble_patch", "xbase"]
+    vectors = runs.Recipe(n_shots=2, progress=False).patch_vectors(model, task, methods, seeds=[0, 1],
+                                                                    query_modality="image", layers=[0, 1])
+    assert sorted(vectors) == ["ensemble_patch", "instruction_patch", "patch", "xpatch"]
+    assert [v.modality for v in vectors["patch"]] == ["image", "image"] and vectors["xpatch"][1].seed == 1
+    assert len(vectors["instruction_patch"]) == 1 and vectors["ensemble_patch"][0].kind == "ensemble"
+    for method, vecs in vectors.items():
+        for vec in vecs:
+            protocol.check_vector(method, vec, "image")
+    library = tvl.extract_task_vectors(model, task.val, n_shots=2, modality="text", seeds=[0, 1], pool=task.train,
+                                       layers=[0, 1], progress=False)
+    assert all(torch.equal(a.vectors, b.vectors) for a, b in zip(vectors["xpatch"], library))
