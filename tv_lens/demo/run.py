@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     suite first)."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="The offline demo on the reference VLM.")
+    parser = argparse.ArgumentParser(prog="python -m tv_lens.demo",
+                                     description="The offline demo on the reference VLM.")
     parser.add_argument("--out", default="tv_lens_demo")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--template", default="qa")
