@@ -40,11 +40,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
-from .methods import CONTEXT_METHODS, METHODS, PATCH_METHODS  # noqa: F401 - the method table; PATCH_METHODS re-exported
-from .protocol import check_vector, demo_pool, other_modality, vectors_for_methods
+from .protocol import check_vector, demo_pool, format_ci, mean_ci, other_modality, vectors_for_methods
 from .prompts import Prompt, Template, encode, icl, queries, sample_demos
-from .stats import format_ci, mean_ci
 from .vectors import TaskVector
+
+# the methods are rows of tv_lens.methods (PATCH_METHODS re-exported); format_ci / mean_ci live in tv_lens.stats
+from .methods import CONTEXT_METHODS, METHODS, PATCH_METHODS  # noqa: F401
 
 
 def first_token_correct(prediction: str, label: str, case_sensitive: bool = True) -> bool:

@@ -22,8 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import LayerOutOfRangeError, TaskError, VectorError
-from .prompts import Prompt, encode, icl, instruction
-from .protocol import demo_pool
+from .prompts import Prompt, encode, instruction
 
 FORMAT = "tv_lens.task_vector/2"
 """Version 2: the checksum covers the metadata too (version 1 covered the tensors only)."""
@@ -343,6 +342,9 @@ def icl_vector(model, items: Any, seed: int = 0, n_shots: int = 5, modality: str
     Returns:
         A :class:`TaskVector` with ``seed`` and ``task`` set.
     """
+    from .prompts import icl
+    from .protocol import demo_pool
+
     name = getattr(items, "name", None)
     if isinstance(items, (list, tuple)) or not hasattr(items, "train"):
         queries = scored = list(items)
