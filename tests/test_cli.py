@@ -133,11 +133,14 @@ def test_cli_vectors_are_the_library_recipe_and_refuse_demos_from_the_scored_spl
     items = json.loads(Path(files["task"]).read_text())["items"][:10]
     small = tmp_path / "small.json"
     small.write_text(json.dumps({"name": "small", "items": [dict(it, image=None) for it in items]}))
-    assert run("sweep", files["llama"], small, "--n-val", "4", "--n-test", "6", "--n-shots", "2", "--no-progress",
-               "--out", tmp_path / "s.csv") == 2
-    err = capsys.readouterr().err
-    assert "demo" in err and "pool" in err, err
-    assert not (tmp_path / "s.csv").exists()
+    capsys.readouterr()
+    for argv, out in ((["sweep"], "s.csv"), (["extract"], "v.safetensors"),
+                      (["evaluate", "--methods", "no_context,base"], "r.csv")):   # checked before the model loads
+        assert run(*argv[:1], tmp_path / "no-such-model", small, *argv[1:], "--n-val", "4", "--n-test", "6",
+                   "--n-shots", "2", "--no-progress", "--out", tmp_path / out) == 2
+        err = capsys.readouterr().err
+        assert "demo pool has 0 items" in err and "--n-val / --n-test" in err and err.count("\n") == 1, err
+        assert not (tmp_path / out).exists()
 
 
 # ---------------------------------------------------------------------------------------------- sweep + merge

@@ -13,7 +13,7 @@ from ..methods import BY_NAME, CLI_METHODS, CONTEXT_METHODS, PATCH_METHODS
 from ..protocol import other_modality
 from ..runs import (check_modalities, check_outputs, load_tasks, merge_scores, provenance_of, read_table,
                     score_counts, shard_label, shard_units, sibling, sort_predictions, table_kind)
-from .options import (model_from, model_options, parse_methods, positive_int,
+from .options import (check_demo_pools, model_from, model_options, parse_methods, positive_int,
                       provenance, recipe_from, run_options, table_path)
 from .output import finish_evaluate
 
@@ -96,6 +96,9 @@ def run(args) -> int:
     needs_other = any("other" in (BY_NAME[m].demos, BY_NAME[m].vector_modality) for m in methods)
     tasks = load_tasks(args.tasks, args.n_val, args.n_test, images=query == "image" or needs_other)
     patch_methods = [m for m in methods if m in PATCH_METHODS]
+    rows = [BY_NAME[m] for m in methods]
+    check_demo_pools(tasks, args.n_shots, [r.demo_modality(query) for r in rows]
+                     + [r.source_modality(query) for r in rows if r.vector_kind in ("icl", "ensemble")])
     layer_files = []
     for value in given_layers(args.layer, patch_methods).values():
         try:

@@ -11,7 +11,8 @@ from pathlib import Path
 from ..errors import UsageError
 from ..runs import check_modalities, check_outputs, load_tasks, task_instruction_vector
 from ..vectors import SUFFIX, ensemble, vector_path
-from .options import fill_out_template, model_from, model_options, provenance, recipe_from, run_options
+from .options import (check_demo_pools, fill_out_template, model_from, model_options, provenance, recipe_from,
+                      run_options)
 
 #: Suffixes of other file formats: ``--out v.csv`` is refused rather than written as ``v.csv.safetensors``.
 OTHER_FORMATS = (".csv", ".json", ".jsonl", ".tsv", ".txt", ".html", ".htm", ".md", ".pt", ".pth", ".bin", ".ckpt",
@@ -66,6 +67,8 @@ def run(args) -> int:
     check(args)
     images = args.modality == "image" and args.kind != "instruction"
     (task,) = load_tasks([args.task], args.n_val, args.n_test, images=images)
+    if args.kind != "instruction" and args.split != "train":
+        check_demo_pools([task], args.n_shots, [args.modality])
     default = f"{task.name}.{args.kind}" + (f".{args.modality}" if args.kind != "instruction" else "")
     (out,) = check_outputs([vector_out(args, default + SUFFIX)], inputs=[args.task])
     model = model_from(args)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import string
 from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import prompts as P
-from ..errors import UsageError
+from ..errors import TaskError, UsageError
 from ..methods import CLI_METHODS, CONTEXT_METHODS, METHODS
 from ..model import HookedMultimodalModel
+from ..protocol import demo_pool
 from .. import runs
 from ..runs import TABLE_SUFFIXES, Recipe, one_line, parse_shard_label
 from ..runs import provenance as run_provenance
@@ -181,6 +183,22 @@ def recipe_from(args) -> Recipe:
                   progress=not args.no_progress)
 
 
+def check_demo_pools(tasks: Sequence[Any], n_shots: int, modalities: Iterable[str | None]) -> None:
+    """Before the model loads: each task's train split can give ``n_shots`` demos in each modality, none of them an
+    item of the split being averaged or scored (:func:`tv_lens.protocol.demo_pool`, the check the vectors run).
+
+    Raises:
+        TaskError: naming the command-line fix (smaller ``--n-val`` / ``--n-test``, or fewer ``--n-shots``).
+    """
+    for task in tasks:
+        for modality in sorted({m for m in modalities if m}):
+            try:
+                demo_pool(task.val, task.train, modality, n_shots, task.name)
+            except TaskError as err:
+                raise TaskError(f"{one_line(err)} On the command line: lower --n-val / --n-test (train keeps the "
+                                "other items) or --n-shots.") from None
+
+
 def provenance(args, model, tasks, **more: Any) -> str:
     """:func:`tv_lens.runs.provenance` of this command line's run."""
     return run_provenance(args.command, model, tasks, n_val=args.n_val, n_test=args.n_test, n_shots=args.n_shots,
@@ -188,6 +206,6 @@ def provenance(args, model, tasks, **more: Any) -> str:
                           case_sensitive=not args.case_insensitive, **more)
 
 
-__all__ = ["CLI_METHODS", "CONTEXT_METHODS", "OUT_FIELDS", "fill_out_template", "model_from", "model_options", "nonnegative_int",
+__all__ = ["CLI_METHODS", "CONTEXT_METHODS", "OUT_FIELDS", "check_demo_pools", "fill_out_template", "model_from", "model_options", "nonnegative_int",
            "out_path", "parse_ints", "parse_layers", "parse_methods", "parse_shard", "positive_int", "provenance",
            "recipe_from", "run_options", "table_path", "template_option"]

@@ -12,7 +12,7 @@ from ..errors import InputError, ProvenanceError, UsageError
 from ..evaluate import layer_sweep
 from ..runs import check_modalities, check_outputs, load_tasks, shard_label, shard_units, sibling
 from ..vectors import TaskVector
-from .options import model_from, model_options, provenance, recipe_from, run_options, table_path
+from .options import check_demo_pools, model_from, model_options, provenance, recipe_from, run_options, table_path
 from .output import finish_sweep
 
 
@@ -58,6 +58,8 @@ def check_vectors_fit(given: dict[str, TaskVector], model) -> None:
 def run(args) -> int:
     tasks = load_tasks(args.tasks, args.n_val, args.n_test, images="image" in (args.modality, args.query_modality))
     given = given_vectors(args.vector, [t.name for t in tasks])
+    if not given:
+        check_demo_pools(tasks, args.n_shots, [args.modality])
     path = table_path(args, "sweep.csv")
     check_outputs([path] + ([] if args.shard else [sibling(path, ".html")]),
                   inputs=[*args.tasks, *(args.vector or [])])
