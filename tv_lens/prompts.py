@@ -306,10 +306,35 @@ def encode(model, prompts: Prompt | Sequence[Prompt]) -> PromptBatch:
     inputs = model.prepare(texts, images=images if any(images) else None)
     batch = PromptBatch(inputs)
     batch.prompts = prompts
-    batch.named_positions = [_named_positions(model, text, marks, ids, mask)
+    merges: list[str] = []
+    batch.named_positions = [_named_positions(model, text, marks, ids, mask, merges)
                              for (text, marks), ids, mask in zip(rendered, inputs["input_ids"],
                                                                  inputs["attention_mask"])]
+    _warn_merged(model, merges)
     return batch
+
+
+class DelimiterWarning(UserWarning):
+    """A delimiter token that also holds the start of the answer (``:"`` for ``A:"x``): the vector is read at a
+    token that differs from the query's delimiter where it is patched. ``template="qa_space"`` avoids the merge."""
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_merged(model, merges: list[str]) -> None:
+    """Warn once per tokenizer and merged token."""
+    name = str(getattr(model.tokenizer, "name_or_path", "") or type(model.tokenizer).__name__)
+    new = sorted({m for m in merges if (name, m) not in _WARNED})
+    if not new:
+        return
+    _WARNED.update((name, m) for m in new)
+    import warnings
+
+    warnings.warn(f"The delimiter token holds more than the delimiter: {', '.join(repr(m) for m in new)} also "
+                  "hold the first character(s) of an answer, so the token read differs from the query's delimiter "
+                  "where the vector is patched. template='qa_space' (`A: {y}`) avoids every such merge.",
+                  DelimiterWarning, stacklevel=3)
 
 
 def _render_for(model, prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
@@ -318,48 +343,148 @@ def _render_for(model, prompt: Prompt, placeholder: str | None) -> tuple[str, di
     return _render_chat(model, prompt, placeholder)
 
 
+# Private-use characters mark where an answer or the query starts/ends inside turn contents; the template is
+# rendered with them, they are located and removed, and the result must equal the rendering without them. So marks
+# come from the rendering itself, never from searching the text (a label "tart" also occurs in "<|im_start|>").
+_ANSWER_MARK, _QUERY_START, _QUERY_END = "\ue000", "\ue001", "\ue002"
+_SENTINELS = {_ANSWER_MARK: "answer", _QUERY_START: "query_start", _QUERY_END: "query_end"}
+_PROBE = "\ue003"
+
+
 def _render_chat(model, prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
     """Each demo becomes a user turn (``Q:{x}\\nA:``) and an assistant turn (``{y}``); the query a final user turn
-    plus the generation prompt. Marks are found again in the rendered text."""
-    tokenizer = model.tokenizer
-    template_owner = model.processor if getattr(model.processor, "chat_template", None) else tokenizer
-    if template_owner is None or not getattr(template_owner, "chat_template", None):
-        raise InputError("This model's tokenizer/processor has no chat template; use chat=False (the Q:/A: "
-                         "template).")
-    turns: list[dict[str, str]] = []
-    user = ""
-    piece_iter = iter(prompt.pieces)
-    for piece in piece_iter:
-        if isinstance(piece, str):
-            user += piece
-        elif isinstance(piece, ImageSlot):
-            user += placeholder or ""
-        elif piece.name == "answer":
-            turns.append({"role": "user", "content": user.strip("\n")})
-            user = ""
-            answer = next(piece_iter, None)
-            if isinstance(answer, str):
-                turns.append({"role": "assistant", "content": answer[len(prompt.template.label_prefix):]})
-                next(piece_iter, None)  # the demo separator
-    text = template_owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    marks: dict[str, list[int]] = {"answer": []}
-    cursor = 0
-    for turn in turns:
-        start = text.index(turn["content"], cursor)
-        if turn["role"] == "assistant":
-            marks["answer"].append(start)
-        cursor = start + len(turn["content"])
-    marks["answer"].append(len(text))
-    if prompt.query_input is not None and prompt.query_modality == "text":
-        start = text.rindex(prompt.query_input)
-        marks["query_start"], marks["query_end"] = [start], [start + len(prompt.query_input)]
-    elif prompt.query_modality == "image" and placeholder:
-        start = text.rindex(placeholder)
-        marks["query_start"], marks["query_end"] = [start], [start + len(placeholder)]
+    plus the generation prompt. Content is a string, or a list of typed parts (``{"type": "text", ...}``,
+    ``{"type": "image"}``) for templates that read only those (LLaVA-1.5, Idefics2)."""
+    owner = _template_owner(model)
+    typed = _needs_typed_parts(owner)
+    turns = _chat_turns(prompt, placeholder, typed)
+    marked = owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    plain = owner.apply_chat_template(_without_marks(turns), tokenize=False, add_generation_prompt=True)
+    text, marks = _take_marks(marked)
+    if text != plain:
+        raise InputError("This chat template rewrites turn contents (it strips or changes them), so tv_lens cannot "
+                         "tell where the answers and the query are; use chat=False, or a template that writes the "
+                         "content as given.")
+    if len(marks.get("answer", [])) != prompt.n_demos:
+        raise InputError(f"The chat template rendered {len(marks.get('answer', []))} of the {prompt.n_demos} demo "
+                         "answers; use chat=False, or a template that renders every assistant turn.")
+    marks["answer"] = marks.get("answer", []) + [len(text)]   # the query's answer follows the generation prompt
+    if typed and prompt.images:
+        found = text.count(placeholder) if placeholder else 0
+        if found != len(prompt.images):
+            raise InputError(f"The chat template wrote {found} image placeholder(s) {placeholder!r} for "
+                             f"{len(prompt.images)} image(s); this processor cannot place the images.")
+    if prompt.query_modality == "image":
+        marks.pop("query_start", None), marks.pop("query_end", None)
+        marks["query_image"] = [1]   # the query is the prompt's last image (every family lays images in order)
+    elif prompt.query_modality == "text" and (len(marks.get("query_start", [])) != 1
+                                              or len(marks.get("query_end", [])) != 1):
+        raise InputError("The chat template did not render the query's text once; use chat=False.")
     return text, marks
 
 
-def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -> dict[str, list[int]]:
+def _template_owner(model):
+    owner = model.processor if getattr(model.processor, "chat_template", None) else model.tokenizer
+    if owner is None or not getattr(owner, "chat_template", None):
+        raise InputError("This model's tokenizer/processor has no chat template; use chat=False (the Q:/A: "
+                         "template).")
+    return owner
+
+
+def _needs_typed_parts(owner) -> bool:
+    """Whether the template renders text given as typed parts only: string content that renders NO text must
+    never pass silently."""
+    for typed in (False, True):
+        content = [{"type": "text", "text": _PROBE}] if typed else _PROBE
+        try:
+            text = owner.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        except Exception:   # noqa: BLE001 - a template may raise on content it does not expect
+            continue
+        if _PROBE in text:
+            return typed
+    raise InputError("The chat template renders neither string content nor typed parts "
+                     "({'type': 'text', 'text': ...}); use chat=False (the Q:/A: template).")
+
+
+def _chat_turns(prompt: Prompt, placeholder: str | None, typed: bool) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    user: list = []
+    piece_iter = iter(prompt.pieces)
+    for piece in piece_iter:
+        if isinstance(piece, (str, ImageSlot)):
+            user.append(piece)
+        elif piece.name in ("query_start", "query_end"):
+            user.append(_QUERY_START if piece.name == "query_start" else _QUERY_END)
+        elif piece.name == "answer":
+            turns.append({"role": "user", "content": _content(_strip_newlines(user), placeholder, typed)})
+            user = []
+            answer = next(piece_iter, None)
+            if isinstance(answer, str):
+                label = _ANSWER_MARK + answer[len(prompt.template.label_prefix):]
+                turns.append({"role": "assistant", "content": _content([label], placeholder, typed)})
+                next(piece_iter, None)  # the demo separator
+    return turns
+
+
+def _strip_newlines(parts: list) -> list:
+    """Strip newlines from both ends of a turn's visible text (marks stay where they are)."""
+    parts = list(parts)
+    for order in (range(len(parts)), range(len(parts) - 1, -1, -1)):
+        for i in order:
+            part = parts[i]
+            if isinstance(part, ImageSlot):
+                break
+            if part in _SENTINELS:
+                continue
+            stripped = part.lstrip("\n") if order.step == 1 else part.rstrip("\n")
+            parts[i] = stripped
+            if stripped:
+                break
+    return [p for p in parts if not (isinstance(p, str) and not p)]
+
+
+def _content(parts: list, placeholder: str | None, typed: bool) -> str | list[dict[str, str]]:
+    if not typed:
+        return "".join(p if isinstance(p, str) else (placeholder or "") for p in parts)
+    content: list[dict[str, str]] = []
+    for part in parts:
+        if isinstance(part, ImageSlot):
+            content.append({"type": "image"})
+        elif content and content[-1]["type"] == "text":
+            content[-1]["text"] += part
+        else:
+            content.append({"type": "text", "text": part})
+    return content
+
+
+def _without_marks(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def clean(value: str) -> str:
+        return "".join(c for c in value if c not in _SENTINELS)
+
+    out = []
+    for turn in turns:
+        content = turn["content"]
+        if isinstance(content, str):
+            content = clean(content)
+        else:
+            content = [{**part, "text": clean(part["text"])} if "text" in part else part for part in content]
+        out.append({**turn, "content": content})
+    return out
+
+
+def _take_marks(marked: str) -> tuple[str, dict[str, list[int]]]:
+    text, marks = [], {}
+    for char in marked:
+        if char in _SENTINELS:
+            marks.setdefault(_SENTINELS[char], []).append(len(text))
+        else:
+            text.append(char)
+    return "".join(text), marks
+
+
+def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask,
+                     merges: list) -> dict[str, list[int]]:
     tokenizer = model.tokenizer
     plain = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
@@ -376,39 +501,63 @@ def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -
     kept = [i for i in range(len(plain_ids)) if i not in inside]
     to_full = {kept[k]: v for k, v in _align([plain_ids[i] for i in kept], real).items()}
 
-    def token_at(char: int) -> int:
-        for index, (start, end) in enumerate(offsets):
-            if start <= char < end:
-                return index
-        # a char no token covers (e.g. stripped whitespace): the last token starting before it
-        candidates = [i for i, (start, end) in enumerate(offsets) if end > start and start <= char]
-        if not candidates:
-            raise InputError(f"Character {char} of the prompt maps to no token.")
-        return candidates[-1]
-
     def full_index(plain_index: int, what: str) -> int:
         mapped = to_full.get(plain_index)
         if mapped is None:
-            raise InputError(f"Could not locate the {what} token after the processor expanded the prompt; "
-                             "the processor changed the text around it.")
+            near = _tokens_near(tokenizer, plain_ids, plain_index)
+            raise InputError(f"Could not locate the {what} token after the processor expanded the prompt: the "
+                             f"processor changed the tokens around it ({near}). Use a template whose delimiter does "
+                             "not follow an image directly (e.g. 'qa' or 'qa_space').")
         return first_real + mapped
 
     named: dict[str, list[int]] = {}
     answers = marks.get("answer", [])
     if answers:
-        # The delimiter is the token holding the last character before the answer (the ':' of "A:").
-        delimiters = [full_index(token_at(char - 1), "delimiter") for char in answers]
+        plain_delimiters = [_delimiter_token(text, offsets, char, merges) for char in answers]
+        delimiters = [full_index(i, "delimiter") for i in plain_delimiters]
         named["final_delimiter"] = [delimiters[-1]]
         named["demo_delimiters"] = [d for d, char in zip(delimiters, answers) if char < len(text)]
-    if "query_start" in marks:
+    if "query_image" in marks or ("query_start" in marks and model.image_placeholder
+                                  and text[marks["query_start"][0]:marks["query_end"][0]] == model.image_placeholder):
+        spans = model.adapter.spans_for_row(ids, model.hf_model.config)
+        named["query"] = spans[-1].tolist() if spans else []
+    elif "query_start" in marks:
         start, end = marks["query_start"][0], marks["query_end"][0]
-        if model.image_placeholder and text[start:end] == model.image_placeholder:
-            spans = model.adapter.spans_for_row(ids, model.hf_model.config)
-            named["query"] = spans[-1].tolist() if spans else []
-        else:
-            first_tok, last_tok = token_at(start), token_at(end - 1)
-            named["query"] = [full_index(i, "query") for i in range(first_tok, last_tok + 1)]
+        first_tok, last_tok = _token_at(offsets, start, "first"), _token_at(offsets, end - 1, "last")
+        named["query"] = [full_index(i, "query") for i in range(first_tok, last_tok + 1)]
     return named
+
+
+def _token_at(offsets: Sequence[tuple[int, int]], char: int, which: str) -> int:
+    """The first or last token holding character ``char``: a character can be several tokens (sentencepiece byte
+    fallback for an emoji, byte-level BPE for CJK), and a span must cover all of them."""
+    holding = [i for i, (start, end) in enumerate(offsets) if start <= char < end]
+    if holding:
+        return holding[0] if which == "first" else holding[-1]
+    # a char no token covers (e.g. stripped whitespace): the last token starting before it
+    candidates = [i for i, (start, end) in enumerate(offsets) if end > start and start <= char]
+    if not candidates:
+        raise InputError(f"Character {char} of the prompt maps to no token.")
+    return candidates[-1]
+
+
+def _delimiter_token(text: str, offsets: Sequence[tuple[int, int]], answer: int, merges: list) -> int:
+    """The delimiter before an answer starting at character ``answer``: the last token of the last character before
+    it. Whitespace that the tokenizer glues to the answer (``Assistant: Paris`` -> ``▁Paris``) is skipped, so the
+    delimiter is the ``:``, never the answer. A delimiter token that still holds answer characters (``:"``) is
+    recorded in ``merges``."""
+    char = answer - 1
+    index = _token_at(offsets, char, "last")
+    while char > 0 and text[char].isspace() and offsets[index][1] > answer:
+        char -= 1
+        index = _token_at(offsets, char, "last")
+    if offsets[index][1] > answer:
+        merges.append(text[offsets[index][0]:offsets[index][1]])
+    return index
+
+
+def _tokens_near(tokenizer, ids: list[int], index: int) -> str:
+    return " ".join(repr(t) for t in tokenizer.convert_ids_to_tokens(ids[max(0, index - 2):index + 3]))
 
 
 def _align(plain: list[int], full: list[int]) -> dict[int, int]:
@@ -470,6 +619,7 @@ def shuffle_labels(prompts: Prompt | Sequence[Prompt], seed: int = 0) -> list[Pr
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "DelimiterWarning",
     "TEMPLATES",
     "Template",
     "get_template",
