@@ -542,15 +542,16 @@ def _token_at(offsets: Sequence[tuple[int, int]], char: int, which: str) -> int:
 
 
 def _delimiter_token(text: str, offsets: Sequence[tuple[int, int]], answer: int, merges: list) -> int:
-    """The delimiter before an answer starting at character ``answer``: the last token of the last character before
-    it. Whitespace that the tokenizer glues to the answer (``Assistant: Paris`` -> ``▁Paris``) is skipped, so the
-    delimiter is the ``:``, never the answer. A delimiter token that still holds answer characters (``:"``) is
-    recorded in ``merges``."""
+    """The delimiter before an answer starting at character ``answer``: the token of the character that ends the
+    answer's prefix, like the one that ends the prompt (the ``:`` of ``A:``; under ``chat=True``, the last character
+    of the generation prompt). Whitespace a chat template writes between that character and the answer
+    (``Assistant: Paris``) is skipped, so the delimiter is the ``:``, never the answer nor a space token. A
+    delimiter token that still holds answer characters (``:"``) is recorded in ``merges``."""
+    final = text[-1]
     char = answer - 1
-    index = _token_at(offsets, char, "last")
-    while char > 0 and text[char].isspace() and offsets[index][1] > answer:
+    while char > 0 and text[char].isspace() and text[char] != final:
         char -= 1
-        index = _token_at(offsets, char, "last")
+    index = _token_at(offsets, char, "last")
     if offsets[index][1] > answer:
         merges.append(text[offsets[index][0]:offsets[index][1]])
     return index

@@ -1,0 +1,76 @@
+"""What every named position must decode to, on any tokenizer (used by tests/test_real_tokenizers.py and by
+tests/position_matrix.py): a check that knows nothing of how tv_lens finds positions, only what the docs promise.
+
+- ``delimiter`` (the query's) is the last real token; ``delimiter[k]`` holds the ``:`` that ends the k-th demo's
+  ``A:`` (under ``chat=True``: the same token as the query's delimiter, the last token of the generation prompt),
+  and the k-th demo's answer starts right after it — unless a :class:`DelimiterWarning` said the delimiter token
+  also holds the answer's first characters.
+- ``query`` holds every token of the query's text (minimal: dropping an end token loses part of it), or exactly
+  the query image's tokens.
+- an instruction's delimiter is its last token.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+
+from tv_lens import prompts as P
+from tv_lens.positions import resolve
+
+
+def nows(text: str) -> str:
+    """Text without whitespace (and without sentencepiece's ``▁``), to compare decodings across tokenizers."""
+    return re.sub(r"[\s▁]", "", text)
+
+
+def encode_checked(model, prompt: P.Prompt) -> str:
+    """Encode one prompt and check every named position; returns ``"ok"`` or ``"merged"`` (a DelimiterWarning
+    was raised and the merged demo delimiters were let pass). Typed errors propagate to the caller."""
+    P._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = P.encode(model, [prompt])
+    merged = any(issubclass(w.category, P.DelimiterWarning) for w in caught)
+    if merged:
+        assert any("qa_space" in str(w.message) for w in caught), "the merge warning must name qa_space"
+    pos = model.positions(batch)
+    ids = batch["input_ids"][0]
+    tokenizer = model.tokenizer
+    decode = lambda idx: tokenizer.decode(ids[idx].reshape(-1).tolist(), skip_special_tokens=False)  # noqa: E731
+    last = int(pos.last[0])
+    final = int(resolve("delimiter", pos)[0])
+    assert final == last, f"the query's delimiter {final} is not the last token {last}"
+    if prompt.kind == "instruction":
+        text = prompt.render(None)
+        assert nows(decode(slice(0, final + 1))).endswith(nows(text)), "instruction delimiter is not its last token"
+        return "merged" if merged else "ok"
+    if not prompt.chat:
+        assert nows(decode(final)).endswith(":"), f"query delimiter decodes to {decode(final)!r}"
+    for k, label in enumerate(prompt.demo_labels):
+        d = int(resolve(f"delimiter[{k}]", pos)[0])
+        if prompt.chat:
+            ok = int(ids[d]) == int(ids[final])
+        else:
+            ok = nows(decode(d)).endswith(":")
+        after = nows(decode(slice(d + 1, last + 1)))
+        ok = ok and after.startswith(nows(label))
+        assert ok or merged, (f"delimiter[{k}] decodes to {decode(d)!r} followed by {after[:20]!r}; "
+                              f"label {label!r}")
+    if prompt.query_modality == "image":
+        query = resolve("query", pos)[0]
+        image_id = model.cfg.image_token_id
+        assert bool((ids[query] == image_id).all()), "query of an image query is not image tokens"
+        assert torch.equal(query.cpu(), pos.images[0][-1].cpu())
+    elif prompt.query_input is not None:
+        span = resolve("query", pos)[0].tolist()
+        want = nows(prompt.query_input)
+        assert want in nows(decode(span)), f"query {decode(span)!r} misses part of {prompt.query_input!r}"
+        assert int(resolve("query[-1]", pos)[0]) == span[-1]
+        if len(span) > 1 and not prompt.query_input[0].isspace():
+            assert want not in nows(decode(span[1:])), "query span starts too early"
+        if len(span) > 1 and not prompt.query_input[-1].isspace():
+            assert want not in nows(decode(span[:-1])), "query span ends too late"
+    return "merged" if merged else "ok"
