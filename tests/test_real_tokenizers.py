@@ -13,19 +13,18 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from position_checks import encode_checked, nows
+from position_checks import (IMAGE_MODELS, NAMES, SYMBOLS, build_prompt, encode_checked, items_for, kinds_of,
+                             nows)
 
 import tv_lens as tvl
 from tv_lens import prompts as P
 from tv_lens.errors import InputError, TvLensError
 from tv_lens.positions import resolve
-from tv_lens.testing import random_image
 from tv_lens.testing.chat_templates import IDEFICS2_8B, LLAVA_1_5_7B, SMOLLM2_135M
 from tv_lens.testing.real_tokenizers import (MISTRAL_7B_V01_SHA256, MISTRAL_MODEL_MEMBER, mistral_tokenizer,
                                              mistral_wheel, real_tokenizer_model)
 
-NAMES = ("llava", "idefics2", "mistral", "smollm2")
-IMAGE_MODELS = ("llava", "idefics2")
+TEXT = st.lists(st.sampled_from(SYMBOLS), min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,7 @@ def real():
     return out
 
 
-def _items(tiny, pairs):
-    if tiny.image_size is None:
-        return [{"input": x, "output": y} for x, y in pairs]
-    return [{"input": x, "output": y, "image": random_image(*tiny.image_size, seed=i)}
-            for i, (x, y) in enumerate(pairs)]
+_items = items_for
 
 
 def _row(batch, model):
@@ -241,32 +236,6 @@ def test_parity_and_pipeline_on_real_tokenization(real, name):
 
 
 # ------------------------------------------------------------------------------------------------ property test
-ALPHABET = st.sampled_from(list("abcXYZ019 :\"'-./é") + ["🦩", "🙂", "北京", "A:", "Q:", "::", "://"])
-TEXT = st.lists(ALPHABET, min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
-KINDS = ("icl", "query", "instructed", "instruction", "xbase", "image_icl", "image_query")
-
-
-def build_prompt(tiny, kind: str, template: str, chat: bool, xs: list[str], ys: list[str]) -> P.Prompt:
-    """One prompt of ``kind`` from generated inputs ``xs`` and labels ``ys`` (3 of each)."""
-    items = _items(tiny, list(zip(xs, ys)))
-    if kind == "instruction":
-        return P.instruction(xs[0])
-    if kind == "query":
-        return P.query(items[0], template=template, chat=chat)
-    if kind == "image_query":
-        return P.query(items[0], modality="image", template=template, chat=chat)
-    if kind == "instructed":
-        return P.instructed_query(items[0], ys[0], template=template, chat=chat)
-    demo_modality = "image" if kind == "image_icl" else "text"
-    query_modality = "text" if kind == "icl" else "image"
-    return P.icl_prompt(items[:2], items[2], demo_modality=demo_modality, query_modality=query_modality,
-                        chat=chat, template=template)
-
-
-def kinds_of(name: str) -> tuple[str, ...]:
-    return KINDS if name in IMAGE_MODELS else KINDS[:4]
-
-
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
