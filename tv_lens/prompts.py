@@ -483,11 +483,59 @@ def _take_marks(marked: str) -> tuple[str, dict[str, list[int]]]:
     return "".join(text), marks
 
 
+class _UnalignedError(InputError):
+    """A named token of the plain tokenization has no counterpart in the processor's tokens."""
+
+
 def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask,
                      merges: list) -> dict[str, list[int]]:
+    """Named positions of one row; if the processor changed the tokens after an image (Idefics2 writes a space
+    after each image that a character other than a space or ``<`` follows, so ``<image>:`` becomes ``▁:``), the
+    text is tokenized again the way the processor wrote it."""
+    found: list[str] = []
+    try:
+        named = _locate(model, text, marks, ids, mask, found, space_after_images=False)
+    except _UnalignedError as error:
+        if not (model.image_placeholder and model.image_placeholder in text):
+            raise
+        try:
+            found = []
+            named = _locate(model, text, marks, ids, mask, found, space_after_images=True)
+        except _UnalignedError:
+            raise error from None
+    merges.extend(found)
+    return named
+
+
+def _plain_tokens(tokenizer, text: str, placeholder: str | None,
+                  space_after_images: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets (in ``text``) of ``text`` as the tokenizer alone writes it, or with a space
+    after each image placeholder that a character other than whitespace or ``<`` follows."""
+    inserted = [m.end() for m in re.finditer(re.escape(placeholder), text)
+                if re.match(r"[^\s<]", text[m.end():m.end() + 1])] if space_after_images and placeholder else []
+    if not inserted:
+        plain = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        return plain["input_ids"], [tuple(o) for o in plain["offset_mapping"]]
+    spaced, original = "", []   # original[i]: the index in `text` of spaced[i] (an inserted space: the next char)
+    previous = 0
+    for cut in inserted + [len(text)]:
+        spaced += text[previous:cut]
+        original += list(range(previous, cut))
+        if cut < len(text):
+            spaced += " "
+            original.append(cut)
+        previous = cut
+    original.append(len(text))
+    plain = tokenizer(spaced, return_offsets_mapping=True, add_special_tokens=True)
+    offsets = [(original[a], original[b - 1] + 1) if b > a else (original[a], original[a])
+               for a, b in plain["offset_mapping"]]
+    return plain["input_ids"], offsets
+
+
+def _locate(model, text: str, marks: dict[str, list[int]], ids, mask, merges: list,
+            space_after_images: bool) -> dict[str, list[int]]:
     tokenizer = model.tokenizer
-    plain = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
+    plain_ids, offsets = _plain_tokens(tokenizer, text, model.image_placeholder, space_after_images)
     real = [int(i) for i, m in zip(ids.tolist(), mask.tolist()) if m]
     first_real = int(mask.argmax()) if mask.any() else 0  # left padding: real tokens follow the pads
     # Tokens of an image placeholder are replaced by image tokens in every family, so they take no part in the
@@ -505,7 +553,7 @@ def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask,
         mapped = to_full.get(plain_index)
         if mapped is None:
             near = _tokens_near(tokenizer, plain_ids, plain_index)
-            raise InputError(f"Could not locate the {what} token after the processor expanded the prompt: the "
+            raise _UnalignedError(f"Could not locate the {what} token after the processor expanded the prompt: the "
                              f"processor changed the tokens around it ({near}). Use a template whose delimiter does "
                              "not follow an image directly (e.g. 'qa' or 'qa_space').")
         return first_real + mapped

@@ -85,15 +85,15 @@ def mistral_model_bytes() -> bytes:
     return data
 
 
-@functools.lru_cache(maxsize=1)
-def _mistral_base():
+@functools.lru_cache(maxsize=2)
+def _mistral_base(legacy: bool = True):
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as folder:
         # from_pretrained of a folder: in transformers 5, LlamaTokenizer(vocab_file=...) silently builds a 3-token
         # vocabulary instead of reading the model.
         (Path(folder) / "tokenizer.model").write_bytes(mistral_model_bytes())
-        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(_MISTRAL_CONFIG))
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps({**_MISTRAL_CONFIG, "legacy": legacy}))
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if len(tokenizer) != MISTRAL_VOCAB_SIZE:
         raise RuntimeError(f"Mistral's tokenizer loaded with {len(tokenizer)} tokens, not {MISTRAL_VOCAB_SIZE}.")
@@ -115,21 +115,24 @@ def _with_added(tokenizer, added: dict[str, int], pad_token: str | None, chat_te
 
 
 def mistral_tokenizer():
-    """Mistral-7B-v0.1's real tokenizer (32000 pieces; BOS ``<s>`` added; no pad token, as published)."""
+    """Mistral-7B-v0.1's real tokenizer (32000 pieces; BOS ``<s>`` added; no pad token; ``legacy=True``: a ``▁`` is
+    prepended to the text after each special token)."""
     return copy.deepcopy(_mistral_base())
 
 
 def idefics2_tokenizer():
     """Idefics2-8b's text tokenizer: Mistral-7B-v0.1's model plus ``<fake_token_around_image>`` (32000),
-    ``<image>`` (32001), ``<end_of_utterance>`` (32002); pad ``<unk>`` (id 0); the checkpoint's chat template."""
-    return _with_added(_mistral_base(), IDEFICS2_ADDED, "<unk>", IDEFICS2_8B.template)
+    ``<image>`` (32001), ``<end_of_utterance>`` (32002); pad ``<unk>`` (id 0); the checkpoint's chat template;
+    ``legacy=False`` as the checkpoint's tokenizer config has it (no ``▁`` added after a special token, so the
+    ``:`` of ``<image>:`` is ``:``; the processor's inserted space makes it ``▁:``)."""
+    return _with_added(_mistral_base(legacy=False), IDEFICS2_ADDED, "<unk>", IDEFICS2_8B.template)
 
 
 def llava_tokenizer():
     """LLaVA-1.5's text tokenizer settings — ``<image>`` (32000), ``<pad>`` (32001, the pad token), the
-    checkpoint's chat template — on Mistral's sentencepiece model (same algorithm as Llama-2's; see the module
-    docstring)."""
-    return _with_added(_mistral_base(), LLAVA_ADDED, "<pad>", LLAVA_1_5_7B.template)
+    checkpoint's chat template, ``legacy=False`` — on Mistral's sentencepiece model (same algorithm as Llama-2's;
+    see the module docstring)."""
+    return _with_added(_mistral_base(legacy=False), LLAVA_ADDED, "<pad>", LLAVA_1_5_7B.template)
 
 
 @functools.lru_cache(maxsize=1)
