@@ -96,13 +96,13 @@ def test_query_span_covers_every_token_of_its_characters(real, name, word):
 @pytest.mark.parametrize("name", ["mistral", "smollm2"])
 def test_instruction_ending_in_a_multi_token_character_reads_its_last_token(real, name):
     model, _ = real[name]
-    batch = P.encode(model, [P.instruction("The capital of 北京")])
+    batch = P.encode(model, [P.instruction("The capital of 北京🦩")])
     _, pos = _row(batch, model)
     assert int(resolve("delimiter", pos)[0]) == int(pos.last[0])
 
 
 # ---------------------------------------------------------------------------------------- chat marks and delimiters
-@pytest.mark.parametrize("label", ["tart", "ant", "im", "user"])
+@pytest.mark.parametrize("label", ["tart", "ant", "im", "assistant"])
 def test_chatml_marks_come_from_the_rendering_not_substring_search(real, label):
     """A label 'tart' occurs inside '<|im_start|>', 'ant' inside 'assistant': neither may move a mark."""
     model, tiny = real["smollm2"]
