@@ -76,7 +76,10 @@ def encode_checked(model, prompt: P.Prompt) -> str:
     pos = model.positions(batch)
     ids = batch["input_ids"][0]
     tokenizer = model.tokenizer
-    decode = lambda idx: tokenizer.decode(ids[idx].reshape(-1).tolist(), skip_special_tokens=False)  # noqa: E731
+
+    def decode(idx) -> str:
+        return tokenizer.decode(ids[idx].reshape(-1).tolist(), skip_special_tokens=False)
+
     last = int(pos.last[0])
     final = int(resolve("delimiter", pos)[0])
     assert final == last, f"the query's delimiter {final} is not the last token {last}"

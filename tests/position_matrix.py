@@ -1,6 +1,6 @@
 """The tokenizer × template × prompt-kind matrix of tests/position_checks.py: seeded random inputs and labels
 (the property test's symbols) per cell; each sample ends "ok", "merged" (a DelimiterWarning naming qa_space was
-raised), a typed error, or FAIL (a named position decoded to the wrong token).
+raised), a typed error, or FAIL (a named position decoded to the wrong token, or an untyped error).
 
     PYTHONPATH=. python tests/position_matrix.py [samples_per_cell]
 """
@@ -46,6 +46,8 @@ def run(samples: int = 8) -> list[tuple[str, str, str, bool, Counter]]:
                             outcomes[type(error).__name__] += 1
                         except AssertionError:
                             outcomes["FAIL"] += 1
+                        except Exception as error:   # noqa: BLE001 - an untyped error is a failure too
+                            outcomes[f"FAIL untyped {type(error).__name__}"] += 1
                     rows.append((name, template, kind, chat, outcomes))
     return rows
 
@@ -56,10 +58,12 @@ def main() -> None:
     print("| tokenizer | template | kind | chat | ok | merged (warned) | typed error | FAIL |")
     print("|---|---|---|---|---|---|---|---|")
     for name, template, kind, chat, c in rows:
-        typed = sum(v for k, v in c.items() if k not in ("ok", "merged", "FAIL"))
-        errors = ", ".join(k for k in c if k not in ("ok", "merged", "FAIL"))
-        print(f"| {name} | {template} | {kind} | {chat} | {c['ok']} | {c['merged']} | {typed}"
-              f"{f' ({errors})' if errors else ''} | {c['FAIL']} |")
+        failed = {k: v for k, v in c.items() if k.startswith("FAIL")}
+        typed = {k: v for k, v in c.items() if k not in ("ok", "merged") and k not in failed}
+        typed_text = f"{sum(typed.values())}" + (f" ({', '.join(typed)})" if typed else "")
+        fail_text = f"{sum(failed.values())}" + (f" ({', '.join(k for k in failed if k != 'FAIL')})"
+                                                 if set(failed) - {"FAIL"} else "")
+        print(f"| {name} | {template} | {kind} | {chat} | {c['ok']} | {c['merged']} | {typed_text} | {fail_text} |")
     total = Counter()
     for *_, c in rows:
         total.update(c)

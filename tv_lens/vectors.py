@@ -159,7 +159,7 @@ class TaskVector:
             return atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"tv_lens": json.dumps(meta)}))
         except OutputPathError:
             raise
-        except Exception as err:   # OSError, or safetensors' own error type for an unwritable folder
+        except Exception as err:   # noqa: BLE001 - OSError, or safetensors' own error for an unwritable folder
             raise OutputPathError(f"Cannot write the task vector to {path} ({_one_line(err)}); save it into a "
                                   "folder you can write to.") from None
 
