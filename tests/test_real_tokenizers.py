@@ -235,6 +235,17 @@ def test_parity_and_pipeline_on_real_tokenization(real, name):
     assert lens is not None
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_hooked_logits_equal_hf_on_real_tokens(real, name):
+    """Parity with HF on prompts written by the real tokenizers (chat where the checkpoint has a template)."""
+    model, tiny = real[name]
+    items = _items(tiny, [("France", "Paris"), ("北京🦩", '"x"'), ("Spain", "Madrid")])
+    batch = P.encode(model, [P.icl_prompt(items[:2], items[2], chat=name != "mistral"), P.query(items[1])])
+    with torch.no_grad():
+        hf = tiny.model(**dict(batch)).logits
+    torch.testing.assert_close(model(batch), hf, atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------------ property test
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))

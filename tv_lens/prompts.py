@@ -391,9 +391,19 @@ def _template_owner(model):
     return owner
 
 
+_TYPED_PARTS: dict[tuple[str, str], bool] = {}
+
+
 def _needs_typed_parts(owner) -> bool:
     """Whether the template renders text given as typed parts only: string content that renders NO text must
-    never pass silently."""
+    never pass silently. Probed once per template."""
+    key = (type(owner).__name__, str(owner.chat_template))
+    if key not in _TYPED_PARTS:
+        _TYPED_PARTS[key] = _probe_typed_parts(owner)
+    return _TYPED_PARTS[key]
+
+
+def _probe_typed_parts(owner) -> bool:
     for typed in (False, True):
         content = [{"type": "text", "text": _PROBE}] if typed else _PROBE
         try:
