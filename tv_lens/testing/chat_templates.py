@@ -78,6 +78,21 @@ SMOLLM2_135M = ChatTemplate(
     generation_prompt="<|im_start|>assistant\n",
 )
 
+#: HuggingFaceTB/SmolVLM-256M-Instruct, ``chat_template.json``: Idefics2's layout after a leading ``<|im_start|>``;
+#: the generation prompt is ``Assistant:``.
+SMOLVLM_256M = ChatTemplate(
+    name="smolvlm",
+    source="HuggingFaceTB/SmolVLM-256M-Instruct chat_template.json",
+    template=(
+        "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type']"
+        " == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] =="
+        " 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+        "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+    ),
+    typed_parts=True,
+    generation_prompt="Assistant:",
+)
+
 #: The processor settings of the image checkpoints (their ``preprocessor_config.json`` / ``processor_config.json``)
 #: that change the token layout. The tiny models keep the layout rules and shrink the counts.
 PROCESSOR_SETTINGS = {
@@ -86,6 +101,6 @@ PROCESSOR_SETTINGS = {
     "idefics2": {"source": "HuggingFaceM4/idefics2-8b", "image_seq_len": 64, "do_image_splitting": True},
 }
 
-TEMPLATES = {t.name: t for t in (LLAVA_1_5_7B, IDEFICS2_8B, SMOLLM2_135M)}
+TEMPLATES = {t.name: t for t in (LLAVA_1_5_7B, IDEFICS2_8B, SMOLLM2_135M, SMOLVLM_256M)}
 
-__all__ = ["ChatTemplate", "IDEFICS2_8B", "LLAVA_1_5_7B", "PROCESSOR_SETTINGS", "SMOLLM2_135M", "TEMPLATES"]
+__all__ = ["IDEFICS2_8B", "LLAVA_1_5_7B", "PROCESSOR_SETTINGS", "SMOLLM2_135M", "SMOLVLM_256M", "TEMPLATES", "ChatTemplate"]

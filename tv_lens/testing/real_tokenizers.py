@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .chat_templates import IDEFICS2_8B, LLAVA_1_5_7B
+from .chat_templates import IDEFICS2_8B, LLAVA_1_5_7B, SMOLVLM_256M
 
 #: sha256 of Mistral-7B-v0.1's ``tokenizer.model`` (the published LFS hash of mistralai/Mistral-7B-v0.1).
 MISTRAL_7B_V01_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
@@ -162,6 +162,19 @@ def _made(folder: Path) -> Path:
     return folder
 
 
+def smolvlm_tokenizer():
+    """SmolVLM's text tokenizer: SmolLM2's byte-level BPE plus SmolVLM's added tokens (``<fake_token_around_image>``,
+    ``<image>``, ``<end_of_utterance>``, ``<global-img>``, ``<row_i_col_j>``; appended after SmolLM2's 49152, so
+    their ids are not the checkpoint's) and SmolVLM-256M-Instruct's chat template."""
+    from .idefics3 import SPECIAL_TOKENS
+
+    tokenizer = smollm2_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)},
+                                 replace_extra_special_tokens=False)
+    tokenizer.chat_template = SMOLVLM_256M.template
+    return tokenizer
+
+
 def smollm2_tokenizer():
     """SmolLM2-135M-Instruct's real byte-level BPE (49152 tokens) with its own ChatML chat template."""
     tokenizer = copy.deepcopy(_smollm2_base())
@@ -181,6 +194,7 @@ __all__ = [
     "REAL_TOKENIZER_MODELS",
     "real_tokenizer_model",
     "smollm2_tokenizer",
+    "smolvlm_tokenizer",
 ]
 
 
@@ -190,6 +204,7 @@ REAL_TOKENIZER_MODELS = {
     "idefics2": ("idefics2", idefics2_tokenizer),  # Idefics2-8b layout, Mistral's tokenizer, its chat template
     "mistral": ("mistral", mistral_tokenizer),     # Mistral-7B-v0.1 as a text-only LM (no chat template)
     "smollm2": ("llama", smollm2_tokenizer),       # SmolLM2's byte-level BPE and ChatML template on a tiny Llama
+    "smolvlm": ("smolvlm", smolvlm_tokenizer),     # SmolVLM layout on SmolLM2's BPE, its chat template
 }
 
 
