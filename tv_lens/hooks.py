@@ -122,7 +122,7 @@ def _as_rows(rows: Any) -> Tensor | None:
 
 
 def _check_width(vector: Tensor, act: Tensor, what: str) -> None:
-    if vector.ndim not in (1, 2):
+    if vector.ndim not in (1, 2, 3):   # 3: [batch, k, d_model], one row of span values per batch row
         raise VectorError(f"{what} must be [d_model], [batch, d_model] or [k, d_model], got shape "
                           f"{tuple(vector.shape)}; index a TaskVector by layer (vec[layer]) for one layer's vector.")
     if vector.shape[-1] != act.shape[-1]:
