@@ -205,6 +205,18 @@ def test_idefics2_space_after_an_image_is_handled(real, demo_modality):
     assert encode_checked(model, prompt) == "ok"
 
 
+@pytest.mark.parametrize("template", ["colon", "qa", "qa_space"])
+def test_idefics2_image_splitting_keeps_every_position(template):
+    """With the checkpoint's do_image_splitting=True (5 runs of image tokens per image) on the real tokenizer."""
+    tiny = real_tokenizer_model("idefics2", do_image_splitting=True)
+    model = tiny.hooked()
+    items = _items(tiny, [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome")])
+    for chat in (False, True):
+        prompt = P.icl_prompt(items[:2], items[2], demo_modality="image", query_modality="image",
+                              template=template, chat=chat)
+        assert encode_checked(model, prompt) in ("ok", "merged")
+
+
 # ------------------------------------------------------------------------- the pipeline on real tokenization
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_parity_and_pipeline_on_real_tokenization(real, name):
