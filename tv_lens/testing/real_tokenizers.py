@@ -182,22 +182,6 @@ def smollm2_tokenizer():
     return tokenizer
 
 
-__all__ = [
-    "IDEFICS2_ADDED",
-    "LLAVA_ADDED",
-    "MISTRAL_7B_V01_SHA256",
-    "idefics2_tokenizer",
-    "llava_tokenizer",
-    "mistral_model_bytes",
-    "mistral_wheel",
-    "mistral_tokenizer",
-    "REAL_TOKENIZER_MODELS",
-    "real_tokenizer_model",
-    "smollm2_tokenizer",
-    "smolvlm_tokenizer",
-]
-
-
 #: Tiny random models built on the real tokenizers: name -> (family, tokenizer builder).
 REAL_TOKENIZER_MODELS = {
     "llava": ("llava", llava_tokenizer),          # LLaVA-1.5 layout, sentencepiece, its chat template
@@ -225,26 +209,26 @@ def real_tokenizer_model(name: str, seed: int = 0, **overrides):
         raise KeyError(f"No real-tokenizer model {name!r}; known: {', '.join(REAL_TOKENIZER_MODELS)}")
     family, build_tokenizer = REAL_TOKENIZER_MODELS[name]
     tokenizer = build_tokenizer()
-    if family in ("mistral", "llama"):
-        return _text_model(family, tokenizer, seed, **overrides)
+    if family in ("mistral", "llama"):   # the text model's special ids are the tokenizer's
+        overrides = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, **overrides}
     tiny = tiny_model(family, seed=seed, tokenizer=tokenizer, **overrides)
-    tiny.processor.chat_template = tokenizer.chat_template
+    if tiny.processor is not None:
+        tiny.processor.chat_template = tokenizer.chat_template
     return tiny
 
 
-def _text_model(family: str, tokenizer, seed: int, **overrides):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-
-    from . import TinyModel
-    from .causal_lm import _common
-
-    torch.manual_seed(seed)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
-    config = {**_common(len(tokenizer)), **ids, **overrides}
-    if family == "mistral":
-        model = MistralForCausalLM(MistralConfig(**{"sliding_window": None, **config}))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**config))
-    return TinyModel(model.eval(), tokenizer=tokenizer)
+__all__ = [
+    "IDEFICS2_ADDED",
+    "LLAVA_ADDED",
+    "MISTRAL_7B_V01_SHA256",
+    "idefics2_tokenizer",
+    "llava_tokenizer",
+    "mistral_model_bytes",
+    "mistral_wheel",
+    "mistral_tokenizer",
+    "REAL_TOKENIZER_MODELS",
+    "real_tokenizer_model",
+    "smollm2_tokenizer",
+    "smolvlm_tokenizer",
+]
