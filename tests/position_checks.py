@@ -21,8 +21,8 @@ from tv_lens import prompts as P
 from tv_lens.positions import resolve
 from tv_lens.testing import random_image
 
-NAMES = ("llava", "idefics2", "smolvlm", "mistral", "smollm2")
-IMAGE_MODELS = ("llava", "idefics2", "smolvlm")
+NAMES = ("llava", "llava_next", "idefics2", "smolvlm", "mistral", "smollm2")
+IMAGE_MODELS = ("llava", "llava_next", "idefics2", "smolvlm")
 #: what generated inputs and labels are made of: letters, digits, spaces, quotes, ':' and 'A:', emoji, CJK
 SYMBOLS = list("abcXYZ019 :\"'-./é") + ["🦩", "🙂", "北京", "A:", "Q:", "::", "://"]
 KINDS = ("icl", "query", "instructed", "instruction", "xbase", "image_icl", "image_query")

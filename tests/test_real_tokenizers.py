@@ -231,9 +231,10 @@ def test_parity_and_pipeline_on_real_tokenization(real, name):
         hf = tiny.model(**dict(batch)).logits
     torch.testing.assert_close(model(batch), hf, atol=1e-5, rtol=0)
     vec = tvl.extract_task_vector(model, prompts, layers="all", progress=False)
-    delimiters = resolve("delimiter[-1]", model.positions(batch))
-    colon = model.tokenizer.convert_tokens_to_ids(":")
-    assert (batch["input_ids"][torch.arange(len(prompts)), delimiters] == colon).all()
+    pos = model.positions(batch)
+    delimiters, rows = resolve("delimiter[-1]", pos), torch.arange(len(prompts))
+    read, patched = batch["input_ids"][rows, delimiters], batch["input_ids"][rows, resolve("delimiter", pos)]
+    assert torch.equal(read, patched)   # the generation prompt's last token (`:`; `]` of LLaVA-NeXT's [/INST])
     result = tvl.evaluate(model, scored, methods=["no_context", "xbase", "xpatch"], vector=vec, layer=1,
                           chat=True, query_modality="image", n_shots=2, pool=pool, seeds=(0,), max_new_tokens=1,
                           progress=False)

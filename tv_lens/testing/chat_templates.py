@@ -18,7 +18,7 @@ class ChatTemplate:
         source: the checkpoint and file it was published in.
         template: the Jinja source.
         typed_parts: whether message content must be a list of typed parts.
-        generation_prompt: what ``add_generation_prompt=True`` appends.
+        generation_prompt: what ``add_generation_prompt=True`` appends (empty: the template has none).
     """
 
     name: str
@@ -93,6 +93,24 @@ SMOLVLM_256M = ChatTemplate(
     generation_prompt="Assistant:",
 )
 
+#: llava-hf/llava-v1.6-mistral-7b-hf, ``chat_template.json``: Mistral's ``[INST] ... [/INST]`` with images first;
+#: it has NO generation prompt: a prompt ends with `` [/INST]``, and an answer is written `` {y}</s> ``.
+LLAVA_NEXT_MISTRAL_7B = ChatTemplate(
+    name="llava-next-mistral",
+    source="llava-hf/llava-v1.6-mistral-7b-hf chat_template.json",
+    template=(
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<<SYS>>\n' + message['content'][0]"
+        "['text'] + '\n<</SYS>>\n\n' }}{% elif message['role'] == 'user' %}{{ '[INST] ' }}{# Render all images "
+        "first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
+        "{% endfor %}{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', "
+        "'text') %}{{ content['text'] }}{% endfor %}{{' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+        "{{ ' ' + message['content'][0]['text'] + '</s> '}}{% else %}{{ raise_exception('Only user and assistant "
+        "roles are supported!') }}{% endif %}{% endfor %}"
+    ),
+    typed_parts=True,
+    generation_prompt="",
+)
+
 #: The processor settings of the image checkpoints (their ``preprocessor_config.json`` / ``processor_config.json``)
 #: that change the token layout. The tiny models keep the layout rules and shrink the counts.
 PROCESSOR_SETTINGS = {
@@ -101,6 +119,6 @@ PROCESSOR_SETTINGS = {
     "idefics2": {"source": "HuggingFaceM4/idefics2-8b", "image_seq_len": 64, "do_image_splitting": True},
 }
 
-TEMPLATES = {t.name: t for t in (LLAVA_1_5_7B, IDEFICS2_8B, SMOLLM2_135M, SMOLVLM_256M)}
+TEMPLATES = {t.name: t for t in (LLAVA_1_5_7B, LLAVA_NEXT_MISTRAL_7B, IDEFICS2_8B, SMOLLM2_135M, SMOLVLM_256M)}
 
-__all__ = ["IDEFICS2_8B", "LLAVA_1_5_7B", "PROCESSOR_SETTINGS", "SMOLLM2_135M", "SMOLVLM_256M", "TEMPLATES", "ChatTemplate"]
+__all__ = ["IDEFICS2_8B", "LLAVA_1_5_7B", "LLAVA_NEXT_MISTRAL_7B", "PROCESSOR_SETTINGS", "SMOLLM2_135M", "SMOLVLM_256M", "TEMPLATES", "ChatTemplate"]

@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .chat_templates import IDEFICS2_8B, LLAVA_1_5_7B, SMOLVLM_256M
+from .chat_templates import IDEFICS2_8B, LLAVA_1_5_7B, LLAVA_NEXT_MISTRAL_7B, SMOLVLM_256M
 
 #: sha256 of Mistral-7B-v0.1's ``tokenizer.model`` (the published LFS hash of mistralai/Mistral-7B-v0.1).
 MISTRAL_7B_V01_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
@@ -135,6 +135,12 @@ def llava_tokenizer():
     return _with_added(_mistral_base(legacy=False), LLAVA_ADDED, "<pad>", LLAVA_1_5_7B.template)
 
 
+def llava_next_tokenizer():
+    """LLaVA-NeXT (llava-v1.6-mistral-7b-hf)'s text tokenizer: Mistral-7B's model with ``<image>`` (32000) and
+    ``<pad>`` (32001, the pad token), ``legacy=False``, and the checkpoint's chat template (no generation prompt)."""
+    return _with_added(_mistral_base(legacy=False), LLAVA_ADDED, "<pad>", LLAVA_NEXT_MISTRAL_7B.template)
+
+
 @functools.lru_cache(maxsize=1)
 def _smollm2_base():
     from transformers import AutoTokenizer
@@ -186,6 +192,7 @@ def smollm2_tokenizer():
 REAL_TOKENIZER_MODELS = {
     "llava": ("llava", llava_tokenizer),          # LLaVA-1.5 layout, sentencepiece, its chat template
     "idefics2": ("idefics2", idefics2_tokenizer),  # Idefics2-8b layout, Mistral's tokenizer, its chat template
+    "llava_next": ("llava_next", llava_next_tokenizer),   # LLaVA-NeXT-Mistral: anyres layout, [INST] template
     "mistral": ("mistral", mistral_tokenizer),     # Mistral-7B-v0.1 as a text-only LM (no chat template)
     "smollm2": ("llama", smollm2_tokenizer),       # SmolLM2's byte-level BPE and ChatML template on a tiny Llama
     "smolvlm": ("smolvlm", smolvlm_tokenizer),     # SmolVLM layout on SmolLM2's BPE, its chat template
@@ -223,6 +230,7 @@ __all__ = [
     "LLAVA_ADDED",
     "MISTRAL_7B_V01_SHA256",
     "idefics2_tokenizer",
+    "llava_next_tokenizer",
     "llava_tokenizer",
     "mistral_model_bytes",
     "mistral_wheel",
