@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from jaxtyping import Int
+from torch import Tensor
+
 from .errors import InputError
 
 
@@ -16,14 +19,15 @@ class _UnalignedError(InputError):
     """A named token of the plain tokenization has no counterpart in the processor's tokens."""
 
 
-def named_positions(model, text: str, marks: dict[str, list[int]], ids, mask,
-                    merges: list) -> dict[str, list[int]]:
-    """Named positions of one row (``final_delimiter``, ``demo_delimiters``, ``query``: token indices in the padded
-    row ``ids``); delimiter tokens that also hold answer characters are appended to ``merges``.
+def named_positions(model, text: str, marks: dict[str, list[int]], ids: Int[Tensor, " pos"],
+                    mask: Int[Tensor, " pos"], merges: list[str]) -> dict[str, list[int]]:
+    """Named positions of one row: ``final_delimiter``, ``demo_delimiters`` and ``query`` as token indices into the
+    padded row ``ids`` (``mask``: its attention mask). Delimiter tokens that also hold answer characters are
+    appended to ``merges``.
 
-    If the processor changed the tokens after an image (Idefics2 writes a space
-    after each image that a character other than a space or ``<`` follows, so ``<image>:`` becomes ``▁:``), the
-    text is tokenized again the way the processor wrote it."""
+    If the processor changed the tokens after an image (Idefics2 writes a space after each image that a character
+    other than a space or ``<`` follows, so ``<image>:`` becomes ``▁:``), the text is tokenized again the way the
+    processor wrote it."""
     found: list[str] = []
     try:
         named = _locate(model, text, marks, ids, mask, found, space_after_images=False)
