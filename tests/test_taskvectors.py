@@ -415,3 +415,34 @@ def test_demos_of_an_item_do_not_depend_on_other_items():
     whole = P.icl(items, n_shots=3, seed=2)
     part = P.icl(items[4:], n_shots=3, pool=items, seed=2)
     assert [p.render() for p in whole[4:]] == [p.render() for p in part]
+
+
+# --- issue 24: wrongly shaped vectors and unwritable folders are typed errors ---
+@pytest.mark.parametrize("shape", [(), (3, 4, 64), (2, 64)])
+def test_a_wrongly_shaped_tensor_as_a_vector_is_a_vector_error(llama, shape):
+    """A 0-d tensor, a 3-d one, or rows that fit neither the batch nor the span: VectorError, not IndexError."""
+    from tv_lens.errors import VectorError
+
+    with pytest.raises(VectorError, match=r"\[d_model\]"):
+        with llama.hooks([("blocks.0.hook_resid_post", tvl.hooks.patch(torch.zeros(shape), at="last"))]):
+            llama("Q:a\nA:")
+    assert llama._torch_handles == {}   # the hook is gone after the error
+
+
+def test_saving_a_vector_into_an_unwritable_folder_is_an_output_path_error(llama, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from tv_lens.errors import OutputPathError
+
+    vec = tvl.extract_task_vector(llama, P.icl(_items(), n_shots=2), layers=[0], progress=False)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OutputPathError, match="folder you can write to"):
+        vec.save(tmp_path / "file" / "v.safetensors")          # the parent is a file: cannot be created
+
+    def refuse(*args, **kwargs):   # what safetensors raises for a read-only folder (root ignores chmod in CI)
+        raise SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", refuse)
+    with pytest.raises(OutputPathError, match="Permission denied"):
+        vec.save(tmp_path / "v.safetensors")
+    assert not list(tmp_path.glob(".v.tmp*"))                    # no temp file left behind

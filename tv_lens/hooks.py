@@ -122,6 +122,9 @@ def _as_rows(rows: Any) -> Tensor | None:
 
 
 def _check_width(vector: Tensor, act: Tensor, what: str) -> None:
+    if vector.ndim not in (1, 2, 3):   # 3: [batch, k, d_model], one row of span values per batch row
+        raise VectorError(f"{what} must be [d_model], [batch, d_model] or [k, d_model], got shape "
+                          f"{tuple(vector.shape)}; index a TaskVector by layer (vec[layer]) for one layer's vector.")
     if vector.shape[-1] != act.shape[-1]:
         raise VectorError(f"{what} has width {vector.shape[-1]} but the activation has {act.shape[-1]} "
                           "(was it taken from another model or another hook point?).")
@@ -155,7 +158,13 @@ class _Write(PositionHook):
     def apply(self, act: Tensor, index: Tensor, hook: Any) -> Tensor:
         values = torch.zeros(act.shape[-1]) if self.values is None else self.values
         _check_width(values, act, self.what)
-        return _write(act, index, self._row_selector(act), values * self.scale, self.mode)
+        rows = self._row_selector(act)
+        try:
+            return _write(act, index, rows, values * self.scale, self.mode)
+        except RuntimeError as err:   # torch's broadcast error: the vector's rows fit neither the batch nor the span
+            raise VectorError(f"{self.what} of shape {tuple(values.shape)} does not fit position {self.at!r} "
+                              f"({err}); give [d_model], [batch, d_model] or [k, d_model] for a k-token span."
+                              ) from None
 
     def __repr__(self) -> str:
         shape = None if self.values is None else tuple(self.values.shape)

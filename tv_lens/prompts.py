@@ -19,11 +19,11 @@ single tokens there (`` Paris``), while ``A:Paris`` splits them into rarer piece
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ._token_marks import named_positions
 from .errors import InputError, TaskError
 
 QUESTION, ANSWER, SEPARATOR = "Q:", "\nA:", "\n\n"
@@ -306,10 +306,35 @@ def encode(model, prompts: Prompt | Sequence[Prompt]) -> PromptBatch:
     inputs = model.prepare(texts, images=images if any(images) else None)
     batch = PromptBatch(inputs)
     batch.prompts = prompts
-    batch.named_positions = [_named_positions(model, text, marks, ids, mask)
+    merges: list[str] = []
+    batch.named_positions = [named_positions(model, text, marks, ids, mask, merges)
                              for (text, marks), ids, mask in zip(rendered, inputs["input_ids"],
                                                                  inputs["attention_mask"])]
+    _warn_merged(model, merges)
     return batch
+
+
+class DelimiterWarning(UserWarning):
+    """A delimiter token that also holds the start of the answer (``:"`` for ``A:"x``): the vector is read at a
+    token that differs from the query's delimiter where it is patched. ``template="qa_space"`` avoids the merge."""
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_merged(model, merges: list[str]) -> None:
+    """Warn once per tokenizer and merged token."""
+    name = str(getattr(model.tokenizer, "name_or_path", "") or type(model.tokenizer).__name__)
+    new = sorted({m for m in merges if (name, m) not in _WARNED})
+    if not new:
+        return
+    _WARNED.update((name, m) for m in new)
+    import warnings
+
+    warnings.warn(f"The delimiter token holds more than the delimiter: {', '.join(repr(m) for m in new)} also "
+                  "hold the first character(s) of an answer, so the token read differs from the query's delimiter "
+                  "where the vector is patched. template='qa_space' (`A: {y}`) avoids every such merge.",
+                  DelimiterWarning, stacklevel=3)
 
 
 def _render_for(model, prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
@@ -318,122 +343,154 @@ def _render_for(model, prompt: Prompt, placeholder: str | None) -> tuple[str, di
     return _render_chat(model, prompt, placeholder)
 
 
+# Private-use characters mark where an answer or the query starts/ends inside turn contents; the template is
+# rendered with them, they are located and removed, and the result must equal the rendering without them. So marks
+# come from the rendering itself, never from searching the text (a label "tart" also occurs in "<|im_start|>").
+_ANSWER_MARK, _QUERY_START, _QUERY_END = "\ue000", "\ue001", "\ue002"
+_SENTINELS = {_ANSWER_MARK: "answer", _QUERY_START: "query_start", _QUERY_END: "query_end"}
+_PROBE = "\ue003"
+
+
 def _render_chat(model, prompt: Prompt, placeholder: str | None) -> tuple[str, dict[str, list[int]]]:
     """Each demo becomes a user turn (``Q:{x}\\nA:``) and an assistant turn (``{y}``); the query a final user turn
-    plus the generation prompt. Marks are found again in the rendered text."""
-    tokenizer = model.tokenizer
-    template_owner = model.processor if getattr(model.processor, "chat_template", None) else tokenizer
-    if template_owner is None or not getattr(template_owner, "chat_template", None):
-        raise InputError("This model's tokenizer/processor has no chat template; use chat=False (the Q:/A: "
-                         "template).")
-    turns: list[dict[str, str]] = []
-    user = ""
-    piece_iter = iter(prompt.pieces)
-    for piece in piece_iter:
-        if isinstance(piece, str):
-            user += piece
-        elif isinstance(piece, ImageSlot):
-            user += placeholder or ""
-        elif piece.name == "answer":
-            turns.append({"role": "user", "content": user.strip("\n")})
-            user = ""
-            answer = next(piece_iter, None)
-            if isinstance(answer, str):
-                turns.append({"role": "assistant", "content": answer[len(prompt.template.label_prefix):]})
-                next(piece_iter, None)  # the demo separator
-    text = template_owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    marks: dict[str, list[int]] = {"answer": []}
-    cursor = 0
-    for turn in turns:
-        start = text.index(turn["content"], cursor)
-        if turn["role"] == "assistant":
-            marks["answer"].append(start)
-        cursor = start + len(turn["content"])
-    marks["answer"].append(len(text))
-    if prompt.query_input is not None and prompt.query_modality == "text":
-        start = text.rindex(prompt.query_input)
-        marks["query_start"], marks["query_end"] = [start], [start + len(prompt.query_input)]
-    elif prompt.query_modality == "image" and placeholder:
-        start = text.rindex(placeholder)
-        marks["query_start"], marks["query_end"] = [start], [start + len(placeholder)]
+    plus the generation prompt. Content is a string, or a list of typed parts (``{"type": "text", ...}``,
+    ``{"type": "image"}``) for templates that read only those (LLaVA-1.5, Idefics2)."""
+    owner = _template_owner(model)
+    typed = _needs_typed_parts(owner)
+    turns = _chat_turns(prompt, placeholder, typed)
+    marked = owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    plain = owner.apply_chat_template(_without_marks(turns), tokenize=False, add_generation_prompt=True)
+    text, marks = _take_marks(marked)
+    if text != plain:
+        raise InputError("This chat template rewrites turn contents (it strips or changes them), so tv_lens cannot "
+                         "tell where the answers and the query are; use chat=False, or a template that writes the "
+                         "content as given.")
+    if len(marks.get("answer", [])) != prompt.n_demos:
+        raise InputError(f"The chat template rendered {len(marks.get('answer', []))} of the {prompt.n_demos} demo "
+                         "answers; use chat=False, or a template that renders every assistant turn.")
+    marks["answer"] = marks.get("answer", []) + [len(text)]   # the query's answer follows the generation prompt
+    if typed and prompt.images:
+        found = text.count(placeholder) if placeholder else 0
+        if found != len(prompt.images):
+            raise InputError(f"The chat template wrote {found} image placeholder(s) {placeholder!r} for "
+                             f"{len(prompt.images)} image(s); this processor cannot place the images.")
+    if prompt.query_modality == "image":
+        marks.pop("query_start", None), marks.pop("query_end", None)
+        marks["query_image"] = [1]   # the query is the prompt's last image (every family lays images in order)
+    elif prompt.query_modality == "text" and (len(marks.get("query_start", [])) != 1
+                                              or len(marks.get("query_end", [])) != 1):
+        raise InputError("The chat template did not render the query's text once; use chat=False.")
     return text, marks
 
 
-def _named_positions(model, text: str, marks: dict[str, list[int]], ids, mask) -> dict[str, list[int]]:
-    tokenizer = model.tokenizer
-    plain = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
-    real = [int(i) for i, m in zip(ids.tolist(), mask.tolist()) if m]
-    first_real = int(mask.argmax()) if mask.any() else 0  # left padding: real tokens follow the pads
-    # Tokens of an image placeholder are replaced by image tokens in every family, so they take no part in the
-    # alignment (a placeholder spelled in ordinary byte tokens would otherwise match letters of later words).
-    placeholder = model.image_placeholder
-    inside = set()
-    if placeholder and placeholder in text:
-        spans = [(m.start(), m.end()) for m in re.finditer(re.escape(placeholder), text)]
-        inside = {i for i, (start, end) in enumerate(offsets)
-                  if end > start and any(a <= start and end <= b for a, b in spans)}
-    kept = [i for i in range(len(plain_ids)) if i not in inside]
-    to_full = {kept[k]: v for k, v in _align([plain_ids[i] for i in kept], real).items()}
-
-    def token_at(char: int) -> int:
-        for index, (start, end) in enumerate(offsets):
-            if start <= char < end:
-                return index
-        # a char no token covers (e.g. stripped whitespace): the last token starting before it
-        candidates = [i for i, (start, end) in enumerate(offsets) if end > start and start <= char]
-        if not candidates:
-            raise InputError(f"Character {char} of the prompt maps to no token.")
-        return candidates[-1]
-
-    def full_index(plain_index: int, what: str) -> int:
-        mapped = to_full.get(plain_index)
-        if mapped is None:
-            raise InputError(f"Could not locate the {what} token after the processor expanded the prompt; "
-                             "the processor changed the text around it.")
-        return first_real + mapped
-
-    named: dict[str, list[int]] = {}
-    answers = marks.get("answer", [])
-    if answers:
-        # The delimiter is the token holding the last character before the answer (the ':' of "A:").
-        delimiters = [full_index(token_at(char - 1), "delimiter") for char in answers]
-        named["final_delimiter"] = [delimiters[-1]]
-        named["demo_delimiters"] = [d for d, char in zip(delimiters, answers) if char < len(text)]
-    if "query_start" in marks:
-        start, end = marks["query_start"][0], marks["query_end"][0]
-        if model.image_placeholder and text[start:end] == model.image_placeholder:
-            spans = model.adapter.spans_for_row(ids, model.hf_model.config)
-            named["query"] = spans[-1].tolist() if spans else []
-        else:
-            first_tok, last_tok = token_at(start), token_at(end - 1)
-            named["query"] = [full_index(i, "query") for i in range(first_tok, last_tok + 1)]
-    return named
+def _template_owner(model):
+    owner = model.processor if getattr(model.processor, "chat_template", None) else model.tokenizer
+    if owner is None or not getattr(owner, "chat_template", None):
+        raise InputError("This model's tokenizer/processor has no chat template; use chat=False (the Q:/A: "
+                         "template).")
+    return owner
 
 
-def _align(plain: list[int], full: list[int]) -> dict[int, int]:
-    """Map indices of the plain tokenization into the processor's token sequence.
+_TYPED_PARTS: dict[tuple[str, str], bool] = {}
 
-    The processor only INSERTS tokens (image expansion, wrapper tokens) and, in some families, drops one; so a
-    monotone greedy walk maps each plain token to the next equal token. A plain token is left unmapped (dropped)
-    when the token after it shows up first.
-    """
-    if plain == full:
-        return {i: i for i in range(len(plain))}
-    mapping: dict[int, int] = {}
-    j = 0
-    for i, token in enumerate(plain):
-        following = plain[i + 1] if i + 1 < len(plain) else None
-        k = j
-        while k < len(full) and full[k] != token:
-            if following is not None and following != token and full[k] == following:
-                k = len(full)  # this token was dropped by the processor
+
+def _needs_typed_parts(owner) -> bool:
+    """Whether the template renders text given as typed parts only: string content that renders NO text must
+    never pass silently. Probed once per template."""
+    key = (type(owner).__name__, str(owner.chat_template))
+    if key not in _TYPED_PARTS:
+        _TYPED_PARTS[key] = _probe_typed_parts(owner)
+    return _TYPED_PARTS[key]
+
+
+def _probe_typed_parts(owner) -> bool:
+    for typed in (False, True):
+        content = [{"type": "text", "text": _PROBE}] if typed else _PROBE
+        try:
+            text = owner.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        except Exception:   # noqa: BLE001 - a template may raise on content it does not expect
+            continue
+        if _PROBE in text:
+            return typed
+    raise InputError("The chat template renders neither string content nor typed parts "
+                     "({'type': 'text', 'text': ...}); use chat=False (the Q:/A: template).")
+
+
+def _chat_turns(prompt: Prompt, placeholder: str | None, typed: bool) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    user: list = []
+    piece_iter = iter(prompt.pieces)
+    for piece in piece_iter:
+        if isinstance(piece, (str, ImageSlot)):
+            user.append(piece)
+        elif piece.name in ("query_start", "query_end"):
+            user.append(_QUERY_START if piece.name == "query_start" else _QUERY_END)
+        elif piece.name == "answer":
+            turns.append({"role": "user", "content": _content(_strip_newlines(user), placeholder, typed)})
+            user = []
+            answer = next(piece_iter, None)
+            if isinstance(answer, str):
+                label = _ANSWER_MARK + answer[len(prompt.template.label_prefix):]
+                turns.append({"role": "assistant", "content": _content([label], placeholder, typed)})
+                next(piece_iter, None)  # the demo separator
+    return turns
+
+
+def _strip_newlines(parts: list) -> list:
+    """Strip newlines from both ends of a turn's visible text (marks stay where they are)."""
+    parts = list(parts)
+    for order in (range(len(parts)), range(len(parts) - 1, -1, -1)):
+        for i in order:
+            part = parts[i]
+            if isinstance(part, ImageSlot):
                 break
-            k += 1
-        if k < len(full):
-            mapping[i] = k
-            j = k + 1
-    return mapping
+            if part in _SENTINELS:
+                continue
+            stripped = part.lstrip("\n") if order.step == 1 else part.rstrip("\n")
+            parts[i] = stripped
+            if stripped:
+                break
+    return [p for p in parts if not (isinstance(p, str) and not p)]
+
+
+def _content(parts: list, placeholder: str | None, typed: bool) -> str | list[dict[str, str]]:
+    if not typed:
+        return "".join(p if isinstance(p, str) else (placeholder or "") for p in parts)
+    content: list[dict[str, str]] = []
+    for part in parts:
+        if isinstance(part, ImageSlot):
+            content.append({"type": "image"})
+        elif content and content[-1]["type"] == "text":
+            content[-1]["text"] += part
+        else:
+            content.append({"type": "text", "text": part})
+    return content
+
+
+def _without_marks(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def clean(value: str) -> str:
+        return "".join(c for c in value if c not in _SENTINELS)
+
+    out = []
+    for turn in turns:
+        content = turn["content"]
+        if isinstance(content, str):
+            content = clean(content)
+        else:
+            content = [{**part, "text": clean(part["text"])} if "text" in part else part for part in content]
+        out.append({**turn, "content": content})
+    return out
+
+
+def _take_marks(marked: str) -> tuple[str, dict[str, list[int]]]:
+    text, marks = [], {}
+    for char in marked:
+        if char in _SENTINELS:
+            marks.setdefault(_SENTINELS[char], []).append(len(text))
+        else:
+            text.append(char)
+    return "".join(text), marks
 
 
 def shuffle_labels(prompts: Prompt | Sequence[Prompt], seed: int = 0) -> list[Prompt]:
@@ -470,6 +527,7 @@ def shuffle_labels(prompts: Prompt | Sequence[Prompt], seed: int = 0) -> list[Pr
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "DelimiterWarning",
     "TEMPLATES",
     "Template",
     "get_template",

@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import LayerOutOfRangeError, TaskError, VectorError
+from .errors import LayerOutOfRangeError, OutputPathError, TaskError, VectorError
 from .prompts import Prompt, encode, instruction
 
 FORMAT = "tv_lens.task_vector/2"
@@ -142,7 +142,8 @@ class TaskVector:
 
         The name is kept as given; ``.safetensors`` is APPENDED when the name does not end with it, so
         ``save("cc.icl.text")`` writes ``cc.icl.text.safetensors`` and never replaces another suffix. A folder
-        raises :class:`~tv_lens.errors.OutputPathError`. Returns the path written.
+        raises :class:`~tv_lens.errors.OutputPathError`, and so does a folder that cannot be written (read-only,
+        missing and not creatable). Returns the path written.
         """
         from safetensors.torch import save_file
 
@@ -154,7 +155,13 @@ class TaskVector:
             tensors["per_prompt"] = self.per_prompt.contiguous().float().cpu()
         meta = json.loads(json.dumps(self.metadata()))   # as it will read back
         meta["sha256"] = _digest(tensors, meta)
-        return atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"tv_lens": json.dumps(meta)}))
+        try:
+            return atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"tv_lens": json.dumps(meta)}))
+        except OutputPathError:
+            raise
+        except Exception as err:   # noqa: BLE001 - OSError, or safetensors' own error for an unwritable folder
+            raise OutputPathError(f"Cannot write the task vector to {path} ({_one_line(err)}); save it into a "
+                                  "folder you can write to.") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskVector:

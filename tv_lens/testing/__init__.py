@@ -2,6 +2,9 @@
 
 ``tiny_model(family)`` returns a :class:`TinyModel` (HF model in eval mode + processor or tokenizer). Tests,
 benchmarks and docs examples use them; they are also handy for trying an experiment before a GPU is free.
+
+Their tokenizer is a one-token-per-byte toy; :mod:`tv_lens.testing.real_tokenizers` builds tiny models on the REAL
+tokenizers and chat templates of the paper's checkpoints (:mod:`tv_lens.testing.chat_templates`).
 """
 
 from __future__ import annotations

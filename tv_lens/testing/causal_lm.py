@@ -15,18 +15,20 @@ def _common(vocab_size: int) -> dict:
                 attn_implementation="eager")
 
 
-def build_llama(**overrides) -> TinyModel:
+def build_llama(tokenizer=None, **overrides) -> TinyModel:
+    """Tiny Llama; ``tokenizer``: any tokenizer (default: the byte-level toy)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
     model = LlamaForCausalLM(LlamaConfig(**{**_common(len(tokenizer)), **overrides}))
     return TinyModel(model, tokenizer=tokenizer)
 
 
-def build_mistral(**overrides) -> TinyModel:
+def build_mistral(tokenizer=None, **overrides) -> TinyModel:
+    """Tiny Mistral; ``tokenizer``: any tokenizer (default: the byte-level toy)."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
     model = MistralForCausalLM(MistralConfig(**{**_common(len(tokenizer)), "sliding_window": None, **overrides}))
     return TinyModel(model, tokenizer=tokenizer)
 

@@ -9,12 +9,13 @@ IMAGE_SIZE, PATCH, N_LATENTS = 32, 8, 4
 SPECIAL_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
 
 
-def build_idefics2(do_image_splitting: bool = False, **overrides) -> TinyModel:
+def build_idefics2(do_image_splitting: bool = False, tokenizer=None, **overrides) -> TinyModel:
     """Tiny Idefics2 (3 Mistral layers, d_model 64, ``N_LATENTS`` image tokens per image).
 
     Args:
         do_image_splitting: the image processor's default: ``True`` gives each image 4 crops + the whole image,
             i.e. 5 runs of ``<image>`` tokens per image (as ``HuggingFaceM4/idefics2-8b`` does).
+        tokenizer: one with Idefics2's added tokens (default: the byte-level toy).
         **overrides: ``Idefics2Config`` fields.
     """
     from transformers import (Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor,
@@ -23,7 +24,7 @@ def build_idefics2(do_image_splitting: bool = False, **overrides) -> TinyModel:
                                                                      Idefics2VisionConfig)
     from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
-    tokenizer = byte_tokenizer(SPECIAL_TOKENS)
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer(SPECIAL_TOKENS)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     text = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,

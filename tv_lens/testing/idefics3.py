@@ -21,14 +21,14 @@ SPECIAL_TOKENS = (["<fake_token_around_image>", "<image>", "<end_of_utterance>",
 
 
 def _build(model_cls, config_cls, vision_config_cls, image_processor_cls, do_image_splitting: bool,
-           **overrides) -> TinyModel:
+           tokenizer=None, **overrides) -> TinyModel:
     from transformers import Idefics3Processor, LlamaConfig
 
-    tokenizer = byte_tokenizer(SPECIAL_TOKENS)
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer(SPECIAL_TOKENS)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
-                       bos_token_id=1, eos_token_id=2)
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                       pad_token_id=tokenizer.pad_token_id or 0, bos_token_id=1, eos_token_id=2)
     vision = vision_config_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                image_size=TILE, patch_size=PATCH)
     config = config_cls(vision_config=vision, text_config=text, image_token_id=image_token_id, scale_factor=SCALE,
@@ -52,11 +52,12 @@ def build_idefics3(do_image_splitting: bool = False, **overrides) -> TinyModel:
                   do_image_splitting, **overrides)
 
 
-def build_smolvlm(do_image_splitting: bool = False, **overrides) -> TinyModel:
-    """Tiny SmolVLM (3 Llama layers, d_model 64, 4 image tokens per tile); ``do_image_splitting`` tiles images."""
+def build_smolvlm(do_image_splitting: bool = False, tokenizer=None, **overrides) -> TinyModel:
+    """Tiny SmolVLM (3 Llama layers, d_model 64, 4 image tokens per tile); ``do_image_splitting`` tiles images;
+    ``tokenizer``: one with SmolVLM's added tokens (default: the byte-level toy)."""
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
     from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
     return _build(SmolVLMForConditionalGeneration, SmolVLMConfig, SmolVLMVisionConfig, SmolVLMImageProcessorPil,
-                  do_image_splitting, **overrides)
+                  do_image_splitting, tokenizer=tokenizer, **overrides)

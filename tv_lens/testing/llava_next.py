@@ -39,13 +39,14 @@ def _text_kwargs(vocab_size: int) -> dict:
                 bos_token_id=1, eos_token_id=2)
 
 
-def build_llava_next(**overrides) -> TinyModel:
+def build_llava_next(tokenizer=None, **overrides) -> TinyModel:
+    """Tiny LLaVA-NeXT; ``tokenizer``: one with ``<image>`` added (default: the byte-level toy)."""
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextImageProcessorPil, LlavaNextProcessor)
 
-    tokenizer = byte_tokenizer(["<image>"])
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer(["<image>"])
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    text = LlamaConfig(**_text_kwargs(len(tokenizer)))
+    text = LlamaConfig(**{**_text_kwargs(len(tokenizer)), "pad_token_id": tokenizer.pad_token_id or 0})
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=32)
     config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
