@@ -1,6 +1,7 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import geometry, heads, hooks, lens, patching, plot, positions, prompts, protocol, tasks
+from . import (geometry, heads, hooks, image_geometry, image_maps, lens, patching, plot, positions, prompts,
+               protocol, tasks)
 from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
@@ -25,6 +26,8 @@ __all__ = [
     "geometry",
     "heads",
     "hooks",
+    "image_geometry",
+    "image_maps",
     "instruction_vector",
     "layer_sweep",
     "lens",
