@@ -225,8 +225,9 @@ def patching_map(model, clean: Any, corrupted: Any, metric: Any, *, method: str 
     and layer at a time (:func:`tv_lens.patching.activation_patching` with ``positions=`` the patch tokens).
 
     Returns:
-        ``(ImageMap, PatchingResult)``: the map holds ``recovery`` ``[layer, image_token]`` on the corrupted
-        prompt's geometry (0 = corrupted, 1 = clean); the result is the grid itself.
+        ``(ImageMap, PatchingResult)``: the map holds ``recovery`` ``[layer, image_token]`` (0 = corrupted,
+        1 = clean) on the CLEAN prompt's geometry and image (the token layout is the corrupted one's too); the
+        result is the grid itself.
     """
     from . import patching as _patching
 
@@ -242,7 +243,8 @@ def patching_map(model, clean: Any, corrupted: Any, metric: Any, *, method: str 
     result = runs[method](model, clean, corrupted, metric, hook=hook, layers=layers, positions=tokens,
                           **patching_kwargs)
     values = result.recovery[:, :, 0].float()
-    return ImageMap(values, list(result.layers), geometry, f"recovery ({method} {hook})"), result
+    # drawn on the CLEAN image: a cell says how much of the answer that clean patch brings back
+    return ImageMap(values, list(result.layers), clean_geometry, f"recovery ({method} {hook})"), result
 
 
 @dataclass

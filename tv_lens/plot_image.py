@@ -92,16 +92,17 @@ def image_map(image_map: Any, layer: int | None = None, head: int | None = None,
         fig.add_trace(go.Heatmap(
             x=xs, y=ys, z=z, customdata=custom, zmin=low, zmax=high, colorscale=colorscale, opacity=opacity,
             visible=(k == len(layers) - 1) if len(layers) > 1 else True, name=f"layer {l}",
-            colorbar=dict(title=dict(text=image_map.what[:24])),
+            colorbar=dict(thickness=14),
             hovertemplate=("token %{customdata[0]} (%{customdata[3]} row %{customdata[1]}, col %{customdata[2]})"
                            "<br>value %{z:.4g}<br>%{customdata[4]}<extra>layer " + str(l) + "</extra>")))
     width, height = geometry.image_size
     if geometry.image is not None:
         fig.add_layout_image(dict(source=geometry.image, xref="x", yref="y", x=0, y=0, sizex=width, sizey=height,
                                   sizing="stretch", layer="below"))
-    fig.update_xaxes(range=[0, width], showgrid=False, constrain="domain")
+    fig.update_xaxes(range=[0, width], showgrid=False, constrain="domain",
+                     title=f"{geometry.family} image[{geometry.image_index}], view {view} (pixels)")
     fig.update_yaxes(range=[height, 0], showgrid=False, scaleanchor="x", constrain="domain")
-    heading = title or f"{image_map.what} — {geometry.family} image[{geometry.image_index}], view {view}"
+    heading = title or image_map.what
     if len(layers) > 1:
         steps = [dict(method="update", label=str(l),
                       args=[{"visible": [i == k for i in range(len(layers))]},
