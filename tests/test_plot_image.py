@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import json
 import math
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -83,3 +87,54 @@ def test_bad_inputs_raise(lens_map):
         tvl.plot.image_map(lens_map, layer=99)
     with pytest.raises(TaskError):
         tvl.plot.image_maps_row([], layer=0)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message)));
+window.addEventListener('load', () => setTimeout(() => {
+  const gd = document.querySelector('.plotly-graph-div');
+  const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const background = gd.querySelector('.imagelayer image');
+  const heat = gd.querySelector('.hm image');
+  Plotly.Fx.hover(gd, {xval: XVAL, yval: YVAL});
+  setTimeout(() => {
+    const hover = gd.querySelector('.hovertext');
+    const pre = document.createElement('pre'); pre.id = 'probe';
+    pre.textContent = JSON.stringify({errors: window.__errors,
+      background: background ? box(background) : null, href: background ? (background.getAttribute('xlink:href') || background.getAttribute('href') || '').slice(0, 22) : null,
+      heat: heat ? box(heat) : null, hover: hover ? hover.textContent : null});
+    document.body.appendChild(pre);
+  }, 500);
+}, 1000));
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
+def test_overlay_in_headless_chromium_covers_the_image_and_hovers(tmp_path):
+    """In a real browser: the picture is drawn under the heatmap, the heatmap covers exactly the picture (a 4×6
+    Qwen2-VL grid over the whole image), and hovering a cell shows its token, value and decoded token."""
+    model = tiny_model("qwen2_vl").hooked()
+    prompt = prompts.query({"input": "x", "output": "y", "image": random_image(48, 32)}, modality="image")
+    lmap = image_maps.lens_map(model, prompt, words=["y"])
+    fig = tvl.plot.image_map(lmap, layer=2)
+    path = tmp_path / "overlay.html"
+    patches = lmap.geometry.patches
+    cell = patches[(patches["row"] == 3) & (patches["col"] == 2)].iloc[0]
+    probe = PROBE.replace("XVAL", str((cell["x0"] + cell["x1"]) / 2)).replace("YVAL", str((cell["y0"] + cell["y1"]) / 2))
+    path.write_text(fig.to_html(include_plotlyjs=True).replace("<head>", "<head>" + probe, 1))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+           "--window-size=900,700", "--dump-dom", path.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    start = dom.index('<pre id="probe">') + len('<pre id="probe">')
+    state = json.loads(html.unescape(dom[start:dom.index("</pre>", start)]))
+    assert state["errors"] == []
+    assert state["href"] == "data:image/png;base64,"
+    assert state["background"] and state["heat"]
+    for edge_background, edge_heat in zip(state["background"], state["heat"]):
+        assert abs(edge_background - edge_heat) < 1.5          # the grid covers the whole picture, pixel-aligned
+    token = int(cell["token"])
+    decoded = lmap.decoded[2][patches["token"].tolist().index(token)]
+    assert f"token {token} (image row 3, col 2)" in state["hover"] and repr(decoded) in state["hover"]
+    assert "value " in state["hover"]
