@@ -7,6 +7,8 @@ same size tells which tokens the processor and model put over the black half. Th
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from PIL import Image
@@ -50,6 +52,12 @@ def _half_black(size: tuple[int, int], side: str) -> Image.Image:
 def _text(model) -> str:
     return (model.image_placeholder + "Q:\nA:") if model.adapter.images_first else ("Q:" + model.image_placeholder
                                                                                     + "\nA:")
+
+
+@functools.lru_cache(maxsize=None)
+def _plain(family: str):
+    kw = {"do_image_splitting": True} if family in ("idefics3", "smolvlm") else {}
+    return tiny_model(family, **kw).hooked()
 
 
 @pytest.fixture(scope="module", params=SPATIAL)
@@ -113,8 +121,7 @@ def test_a_transposed_geometry_fails_the_pattern_check():
 @pytest.mark.parametrize("family", SPATIAL)
 @pytest.mark.parametrize("size", SIZES)
 def test_geometry_covers_exactly_the_image_span(family, size):
-    kw = {"do_image_splitting": True} if family in ("idefics3", "smolvlm") else {}
-    model = tiny_model(family, **kw).hooked()
+    model = _plain(family)
     inputs = model.prepare(_text(model), images=[random_image(*size)])
     (geometry,) = image_geometry(model, _text(model), images=[random_image(*size)])
     span = model.positions(inputs).images[0][0].tolist()
@@ -138,7 +145,7 @@ def test_geometry_covers_exactly_the_image_span(family, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_anyres_newline_tokens_sit_where_the_model_writes_image_newline(family, size):
     """The model writes its learned ``image_newline`` vector at the end of each high-res row: exactly there."""
-    model = tiny_model(family).hooked()
+    model = _plain(family)
     image = random_image(*size)
     (geometry,) = image_geometry(model, _text(model), images=[image])
     embeds = _embeds(model, image)
@@ -153,7 +160,7 @@ def test_anyres_newline_tokens_sit_where_the_model_writes_image_newline(family, 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_idefics3_tiles_follow_the_row_col_tags(size):
-    model = tiny_model("idefics3", do_image_splitting=True).hooked()
+    model = _plain("idefics3")
     inputs = model.prepare(_text(model), images=[random_image(*size)])
     (geometry,) = image_geometry(model, _text(model), images=[random_image(*size)])
     tokens = model.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
@@ -168,7 +175,7 @@ def test_idefics3_tiles_follow_the_row_col_tags(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_qwen_grid_is_image_grid_thw_merged(size):
-    model = tiny_model("qwen2_vl").hooked()
+    model = _plain("qwen2_vl")
     inputs = model.prepare(_text(model), images=[random_image(*size)])
     (geometry,) = image_geometry(model, _text(model), images=[random_image(*size)])
     _, h, w = inputs["image_grid_thw"][0].tolist()
