@@ -54,7 +54,7 @@ def _text(model) -> str:
                                                                                     + "\nA:")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plain(family: str):
     kw = {"do_image_splitting": True} if family in ("idefics3", "smolvlm") else {}
     return tiny_model(family, **kw).hooked()

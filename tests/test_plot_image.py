@@ -126,7 +126,7 @@ def test_overlay_in_headless_chromium_covers_the_image_and_hovers(tmp_path):
     path.write_text(fig.to_html(include_plotlyjs=True).replace("<head>", "<head>" + probe, 1))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
            "--window-size=900,700", "--dump-dom", path.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120).stdout
     start = dom.index('<pre id="probe">') + len('<pre id="probe">')
     state = json.loads(html.unescape(dom[start:dom.index("</pre>", start)]))
     assert state["errors"] == []

@@ -41,9 +41,9 @@ class ImageSection:
                 ``True`` to inline it, ``"cdn"`` to link it.
         """
         parts = [f"<h2>Looking at the image (layer {self.layer})</h2>",
-                 "<p class='note'>For each image query: the attention of the query's delimiter to each image "
+                 ("<p class='note'>For each image query: the attention of the query's delimiter to each image "
                  "patch (mean over heads), and the logit lens on each patch: the probability of the label's first "
-                 "token(s), hover for the top-1 decoded token.</p>"]
+                 "token(s), hover for the top-1 decoded token.</p>")]
         first = include_plotlyjs
         for title, attention_fig, lens_fig in self.figures:
             cells = []

@@ -92,26 +92,26 @@ def image_map(image_map: Any, layer: int | None = None, head: int | None = None,
         fig.add_trace(go.Heatmap(
             x=xs, y=ys, z=z, customdata=custom, zmin=low, zmax=high, colorscale=colorscale, opacity=opacity,
             visible=(k == len(layers) - 1) if len(layers) > 1 else True, name=f"layer {l}",
-            colorbar=dict(thickness=14),
+            colorbar={"thickness": 14},
             hovertemplate=("token %{customdata[0]} (%{customdata[3]} row %{customdata[1]}, col %{customdata[2]})"
                            "<br>value %{z:.4g}<br>%{customdata[4]}<extra>layer " + str(l) + "</extra>")))
     width, height = geometry.image_size
     if geometry.image is not None:
-        fig.add_layout_image(dict(source=geometry.image, xref="x", yref="y", x=0, y=0, sizex=width, sizey=height,
-                                  sizing="stretch", layer="below"))
+        fig.add_layout_image({"source": geometry.image, "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": width, "sizey": height,
+                                  "sizing": "stretch", "layer": "below"})
     fig.update_xaxes(range=[0, width], showgrid=False, constrain="domain",
                      title=f"{geometry.family} image[{geometry.image_index}], view {view} (pixels)")
     fig.update_yaxes(range=[height, 0], showgrid=False, scaleanchor="x", constrain="domain")
     heading = title or image_map.what
     if len(layers) > 1:
-        steps = [dict(method="update", label=str(l),
-                      args=[{"visible": [i == k for i in range(len(layers))]},
-                            {"title": {"text": f"{heading}, layer {l}"}}]) for k, l in enumerate(layers)]
-        fig.update_layout(sliders=[dict(active=len(layers) - 1, steps=steps, currentvalue={"prefix": "layer "})])
+        steps = [{"method": "update", "label": str(l),
+                      "args": [{"visible": [i == k for i in range(len(layers))]},
+                            {"title": {"text": f"{heading}, layer {l}"}}]} for k, l in enumerate(layers)]
+        fig.update_layout(sliders=[{"active": len(layers) - 1, "steps": steps, "currentvalue": {"prefix": "layer "}}])
         heading = f"{heading}, layer {layers[-1]}"
     else:
         heading = f"{heading}, layer {layers[0]}"
-    fig.update_layout(title=heading, template="plotly_white", plot_bgcolor="white", margin=dict(t=60))
+    fig.update_layout(title=heading, template="plotly_white", plot_bgcolor="white", margin={"t": 60})
     return fig
 
 
@@ -128,13 +128,13 @@ def image_maps_row(maps: list[Any], layer: int, view: str | None = None, titles:
     for k, m in enumerate(maps):
         single = image_map(m, layer=layer, view=view, opacity=opacity)
         trace = single.data[0]
-        trace.update(colorbar=dict(x=(k + 1) / len(maps) - 0.02, len=0.8, title=None))
+        trace.update(colorbar={"x": (k + 1) / len(maps) - 0.02, "len": 0.8, "title": None})
         fig.add_trace(trace, row=1, col=k + 1)
         width, height = m.geometry.image_size
         axis = "" if k == 0 else str(k + 1)
         if m.geometry.image is not None:
-            fig.add_layout_image(dict(source=m.geometry.image, xref=f"x{axis}", yref=f"y{axis}", x=0, y=0,
-                                      sizex=width, sizey=height, sizing="stretch", layer="below"))
+            fig.add_layout_image({"source": m.geometry.image, "xref": f"x{axis}", "yref": f"y{axis}", "x": 0, "y": 0,
+                                      "sizex": width, "sizey": height, "sizing": "stretch", "layer": "below"})
         fig.update_xaxes(range=[0, width], showgrid=False, row=1, col=k + 1)
         fig.update_yaxes(range=[height, 0], showgrid=False, scaleanchor=f"x{axis}", row=1, col=k + 1)
     fig.update_layout(title=f"layer {layer}", template="plotly_white")
