@@ -83,6 +83,18 @@ def test_patching_map_cell_equals_a_manual_patch():
     assert float(pmap.at(1)[cell]) == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
+def test_attribution_patching_map_is_the_attribution_grid_over_the_patches():
+    model = _model("idefics3")
+    clean, corrupted = _prompt(seed=1), _prompt(seed=2)
+    metric = patching.probability(model, "c")
+    pmap, result = image_maps.patching_map(model, clean, corrupted, metric, method="attribution")
+    tokens = pmap.geometry.patches["token"].tolist()
+    assert result.method == "attribution" and [p.corrupted[0] for p in result.positions] == tokens
+    torch.testing.assert_close(pmap.values, result.recovery[:, :, 0].float())
+    with pytest.raises(InputError, match="method="):
+        image_maps.patching_map(model, clean, corrupted, metric, method="gradient")
+
+
 def test_patching_map_refuses_images_of_different_layouts():
     model = _model("qwen2_vl")
     with pytest.raises(InputError, match="same token layout"):

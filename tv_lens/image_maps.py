@@ -147,7 +147,8 @@ def attention_map(model, prompt: Any, images: Any = None, source: Any = "query_d
         fwd_hooks: hooks active during the run (e.g. a task-vector patch).
 
     Returns:
-        :class:`ImageMap` with ``values[l, i] = pattern[l][0, head(s), source, patch_token_i]``.
+        :class:`ImageMap` with ``values[l, i] = pattern[l][0, head(s), source, patch_token_i]`` (only that row of
+        each layer's pattern is kept while the model runs, not the ``[head, pos, pos]`` pattern).
 
     Raises:
         HookNameError: no ``attn.hook_pattern`` (not eager attention). ImageLayoutError: no spatial layout.
@@ -163,9 +164,14 @@ def attention_map(model, prompt: Any, images: Any = None, source: Any = "query_d
         raise IncompatibleArgumentsError(f"Position {source!r} ({query}) comes before the image's tokens "
                                          f"({int(keys.min())}..{int(keys.max())}); causal attention cannot see them.")
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
-    _, cache = model.run_with_cache(inputs, names_filter=names, fwd_hooks=list(fwd_hooks))
-    pattern = torch.stack([cache[name][0, :, query][:, keys.to(cache[name].device)].float().cpu()
-                           for name in names])          # [layer, head, image_token]
+    rows: dict[str, Tensor] = {}
+
+    def keep_row(pattern: Tensor, hook: Any) -> None:
+        """Keep only the source's row at the image tokens (a whole pattern is ``[head, pos, pos]`` per layer)."""
+        rows[hook.name] = pattern[0, :, query][:, keys.to(pattern.device)].float().cpu()
+
+    model.run_with_hooks(inputs, fwd_hooks=list(fwd_hooks) + [(name, keep_row) for name in names])
+    pattern = torch.stack([rows[name] for name in names])          # [layer, head, image_token]
     if isinstance(heads, str):
         values, kept = (pattern.mean(1) if heads == "mean" else pattern.sum(1)), None
     else:
