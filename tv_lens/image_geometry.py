@@ -265,10 +265,10 @@ _TILE_TAG = re.compile(r"<row_(\d+)_col_(\d+)>")
 def tiles_layout(img: _Image) -> list[View]:
     width, height = img.size
     ids = img.ids
-    tokens = img.model.tokenizer.convert_ids_to_tokens([int(ids[int(run[0]) - 1])
-                                                        for run in contiguous_runs(_in_span(ids, img.span))])
     runs = contiguous_runs(_in_span(ids, img.span))
-    tags = [_TILE_TAG.fullmatch(t) for t in tokens]
+    # the token before each run is its tag: <row_i_col_j> for a tile, <global-img> for the whole image
+    tags = [_TILE_TAG.fullmatch(t) for t in img.model.tokenizer.convert_ids_to_tokens(
+        [int(ids[int(run[0]) - 1]) for run in runs])]
     n_rows = max([int(m[1]) for m in tags if m] or [1])
     n_cols = max([int(m[2]) for m in tags if m] or [1])
     views = []
