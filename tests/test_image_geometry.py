@@ -248,3 +248,17 @@ def test_reference_vlm_black_left_half():
     assert geometry.patches[["x0", "y0", "x1", "y1"]].iloc[-1].tolist() == [240.0, 180.0, 320.0, 240.0]
     for size in [(320, 240), (64, 64)]:
         _check_pattern(model, image_geometry, size, "left")
+
+
+def test_fuyu_geometry_on_the_processor_path_and_with_two_images():
+    model = _plain("fuyu")
+    (alone,) = image_geometry(model, "<image>Q:\nA:", images=[random_image(48, 32)])   # the HF processor's layout
+    assert (alone.views[0].rows, alone.views[0].cols) == (3, 4) and alone.frame["token"].tolist() == list(range(15))
+    text = "Q:<image>\nA:x\n\nQ:<image>\nA:"
+    first, second = image_geometry(model, text, images=[random_image(48, 32), random_image(20, 64)])
+    inputs = model.prepare(text, images=[random_image(48, 32), random_image(20, 64)])
+    newline_id = model.tokenizer.convert_tokens_to_ids("|NEWLINE|")
+    for g, shape in ((first, (3, 4)), (second, (4, 2))):
+        assert (g.views[0].rows, g.views[0].cols) == shape
+        newlines = g.frame.loc[g.frame["kind"] == "newline", "token"].tolist()
+        assert inputs["input_ids"][0, newlines].eq(newline_id).all()
