@@ -1,8 +1,8 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
 from ._version import __version__
-from . import (geometry, heads, hooks, lens, methods, patching, plot, positions, prompts, protocol, runs, stats,
-               tasks)
+from . import (geometry, heads, hooks, image_geometry, image_maps, lens, methods, patching, plot, positions, prompts,
+               protocol, runs, stats, tasks)
 from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
@@ -25,6 +25,8 @@ __all__ = [
     "geometry",
     "heads",
     "hooks",
+    "image_geometry",
+    "image_maps",
     "instruction_vector",
     "layer_sweep",
     "lens",

@@ -88,3 +88,8 @@ class ContextLengthError(InputError):
 
 class UsageError(TvLensError, ValueError):
     """A command-line argument or option value that cannot work (checked before any model loads)."""
+
+
+class ImageLayoutError(InputError):
+    """Image tokens that cannot be placed on the picture: a family whose image tokens have no spatial layout
+    (Idefics2's perceiver latents), a text-only model, or a processor setting tv_lens does not lay out yet."""

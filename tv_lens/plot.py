@@ -454,3 +454,4 @@ def patching_heads(result: Any, value: str = "recovery", position: int = 0, titl
 
 
 __all__ += ["patching_grid", "patching_heads"]
+from .plot_image import image_map, image_maps_row  # noqa: F401  (re-exported: tvl.plot.image_map, #25)

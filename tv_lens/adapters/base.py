@@ -108,6 +108,9 @@ class Adapter:
             limit); ``prepare`` refuses more with an ``InputError``.
         prefix_reuse: a prompt's KV cache may be reused to run only its last token again (false where position
             ids depend on more than the cache length, e.g. Qwen2-VL's M-RoPE).
+        image_layout: how the processor lays an image's tokens on the picture, a key of
+            :data:`tv_lens.image_geometry.LAYOUTS` (``"clip"``, ``"anyres"``, ``"tiles"``, ``"patch_rows"``,
+            ``"merged"``, ``"pooled"``; ``"perceiver"`` for tokens without a place); ``None``: text-only.
         images_first: the processor itself puts a prompt's image before its text (Fuyu): the placeholder must open
             the prompt, and ``prepare`` removes it before the processor sees the text.
     """
@@ -144,6 +147,7 @@ class Adapter:
     render_images: Callable | None = None
     max_images_per_prompt: int | None = None
     images_first: bool = False
+    image_layout: str | None = None
     prefix_reuse: bool = True
     notes: str = field(default="", compare=False)
 

@@ -120,6 +120,7 @@ FUYU = Adapter(
     image_features=("model.vision_embed_tokens", "vision_embed_tokens"),
     image_placeholder="<image>",
     image_spans=_image_spans,
+    image_layout="patch_rows",
     o_proj=("self_attn.dense",),
     # ``pixel_values`` (not the deprecated ``image_patches``), so the patches are cast to the model's dtype.
     processor_kwargs=(("return_legacy_image_output", False),),

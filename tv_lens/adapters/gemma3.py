@@ -26,6 +26,7 @@ GEMMA3 = Adapter(
     embed_tokens=("model.language_model.embed_tokens", "language_model.model.embed_tokens"),
     image_features=("model.multi_modal_projector", "multi_modal_projector"),
     image_placeholder="<start_of_image>",
+    image_layout="pooled",
     notes="With pan-and-scan on (do_pan_and_scan=True), each crop of an image is a span of its own.",
     **_SANDWICH,
 )

@@ -51,6 +51,7 @@ IDEFICS2 = Adapter(
     image_features=("model.connector",),
     image_placeholder="<image>",
     image_spans=_image_spans,
+    image_layout="perceiver",
     processor_defaults=(("do_image_splitting", False),),
     notes="images are not split (the paper's setting, 64 tokens each); set_image_splitting(model, True) splits "
           "them into 4 crops + the whole image, and image[j] then covers every crop of image j.",

@@ -47,6 +47,7 @@ _COMMON = dict(
     image_features=("model.connector",),
     image_placeholder="<image>",
     image_spans=_image_spans,
+    image_layout="tiles",
 )
 
 IDEFICS3 = Adapter(family="idefics3", architectures=("Idefics3ForConditionalGeneration",), **_COMMON)

@@ -20,6 +20,7 @@ LLAVA = Adapter(
     image_features=("model.multi_modal_projector", "multi_modal_projector"),
     image_placeholder="<image>",
     image_token_count=_tokens_per_image,
+    image_layout="clip",
 )
 
 ADAPTERS = [LLAVA]

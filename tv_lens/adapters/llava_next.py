@@ -17,6 +17,7 @@ _PATHS = dict(
     embed_tokens=("model.language_model.embed_tokens", "language_model.model.embed_tokens"),
     image_features=("model.multi_modal_projector", "multi_modal_projector"),
     image_placeholder="<image>",
+    image_layout="anyres",
 )
 
 LLAVA_NEXT = Adapter(family="llava_next", architectures=("LlavaNextForConditionalGeneration",), **_PATHS)

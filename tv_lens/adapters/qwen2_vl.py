@@ -22,6 +22,7 @@ _PATHS = dict(
     embed_tokens=("model.language_model.embed_tokens",),
     image_features=("model.visual",),
     image_features_attr="pooler_output",
+    image_layout="merged",
     image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     prefix_reuse=False,  # M-RoPE positions of a new token depend on rope deltas, not just the cache length
 )
