@@ -18,7 +18,7 @@ from torch import nn
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from .adapters import Adapter, adapter_for, resolve_path
-from .core.blocks import Block, FinalNorm, as_in_out
+from .core.blocks import Block, Norm, as_in_out
 from .core.hookapi import HookAPI
 from .core.inputs import Inputs
 from .core.running import Running
@@ -28,7 +28,7 @@ from .core.weights import HookedModelConfig, Weights, tl_fields
 from .errors import InputError, UnsupportedModelError
 
 _PER_LAYER_FIELDS = ("attn_out", "mlp_out", "attention", "o_proj", "q_proj", "k_proj", "v_proj", "qkv_proj",
-                     "mlp_in", "mlp_gate", "mlp_down")
+                     "mlp_in", "mlp_gate", "mlp_down", "ln1", "ln2")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -63,6 +63,8 @@ def _resolve_modules(hf_model: nn.Module, adapter: Adapter) -> SimpleNamespace:
     for field in _PER_LAYER_FIELDS:
         paths = getattr(adapter, field)
         setattr(mods, field, [resolve_path(layer, paths) if paths else None for layer in mods.layers])
+    # TransformerLens's mlp.hook_pre: the pre-activation (the gate's output in a gated MLP)
+    mods.mlp_pre = [gate if gate is not None else up for gate, up in zip(mods.mlp_gate, mods.mlp_in)]
     return mods
 
 
@@ -122,6 +124,11 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
             **tl_fields(text_config, mods.final_norm, mods, self.tokenizer),
         )
 
+        self.__dict__["_tokenizer_bos_habit"] = self.cfg.default_prepend_bos
+        if self.tokenizer is not None and hasattr(self.tokenizer, "padding_side"):
+            # Our default side (TransformerLens sets its tokenizer's side too); a later change by the user rules.
+            self.tokenizer.padding_side = "left"
+        self.hook_tokens = BridgedHookPoint()
         self.hook_embed = BridgedHookPoint()
         if mods.pos_embed is not None:
             self.hook_pos_embed = BridgedHookPoint()
@@ -130,7 +137,7 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         self._head_hooks = self._has_head_hooks()
         self.blocks = nn.ModuleList(Block(mods, layer, self.cfg, self.adapter.family, self._site_available)
                                     for layer in range(self.cfg.n_layers))
-        self.ln_final = FinalNorm(mods.final_norm)
+        self.ln_final = Norm(mods.final_norm)
         self.setup()
         # HookedRootModule.setup walks every module, HF ones included; keep only our own names.
         self.mod_dict = {k: v for k, v in self.mod_dict.items() if not k.startswith("hf_model")}
@@ -157,6 +164,11 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         site, mods, cfg = SITE_BY_SUFFIX[suffix], self._mods, self.cfg
         if suffix == "hook_resid_mid":
             return self.adapter.has_resid_mid
+        if site.module in ("ln1", "ln2", "mlp_pre", "mlp_in", "mlp_down"):
+            present = all(m is not None for m in getattr(mods, site.module))
+            if suffix == "mlp.hook_pre_linear":   # a second pre-activation only in gated MLPs
+                return present and all(m is not None for m in mods.mlp_gate)
+            return present
         if site.module == "o_proj" or site.module == "attention":
             return self._head_hooks
         if site.module in ("q_proj", "k_proj", "v_proj"):
@@ -168,8 +180,6 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
             if all(m is not None and as_in_out(m).shape[1] == heads * cfg.d_head for m in separate):
                 return True
             return all(m is not None and as_in_out(m).shape[1] == 3 * cfg.d_model for m in mods.qkv_proj)
-        if site.module == "mlp_down":
-            return all(m is not None for m in mods.mlp_down)
         return True
 
     # ------------------------------------------------------------------ construction
@@ -181,7 +191,7 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         The model is put in eval mode; nothing else about it changes.
         """
         model.eval()
-        return cls(model, processor=processor, tokenizer=tokenizer, model_name=model_name)
+        return cls(model, processor=processor, tokenizer=tokenizer, model_name=model_name).eval()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: str | torch.dtype | None = None,

@@ -160,6 +160,9 @@ class Running:
 
         forward_kwargs.setdefault("use_cache", False)
         model_inputs = {k: v for k, v in inputs.items() if k != "offset_mapping"}
+        position_ids = self.position_ids_for(model_inputs)
+        if position_ids is not None and "position_ids" not in forward_kwargs:
+            model_inputs["position_ids"] = position_ids
         with self._exclusive(), running(self, inputs):
             return self.hf_model(**model_inputs, **forward_kwargs).logits
 
