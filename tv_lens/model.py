@@ -147,9 +147,13 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         self.__dict__["_use_guard"] = threading.Lock()
         for hook_point in self.hook_dict.values():
             hook_point._site_changed = self._sync_site
+            hook_point._paused = self._hooks_paused
         if self._head_hooks:
             for block in self.blocks:
                 block.attn.hook_pattern._check_attach = self._check_pattern_available
+
+    def _hooks_paused(self) -> bool:
+        return bool(self.__dict__.get("_hooks_paused", False))
 
     def _has_head_hooks(self) -> bool:
         """Head hooks need the head layout and, in every layer, an output projection of width n_heads * d_head."""

@@ -19,6 +19,7 @@ class _CountingBackwardHook:
 
     def __init__(self, name: str, fn: Callable) -> None:
         self.name, self.fn, self.fired = name, fn, 0
+        self.optional = False   # True: never firing is no error (run_with_cache's gradient caching)
         self.__wrapped__ = fn
 
     def __call__(self, grad, hook):
@@ -167,7 +168,7 @@ class HookAPI:
         with self._exclusive(), super().hooks(fwd_hooks, counted, reset_hooks_end, clear_contexts) as model:
             yield model   # the block holds the model for this thread: another thread's call raises
         check_fired(user_fns)
-        silent = [fn for _, fn in counted if fn.fired == 0]
+        silent = [fn for _, fn in counted if fn.fired == 0 and not fn.optional]
         if silent and reset_hooks_end:
             raise PatchNotFiredError(
                 f"{len(silent)} backward hook(s) never fired: {silent[:3]}. Call .backward() on something that "

@@ -19,12 +19,13 @@ from transformer_lens.hook_points import HookPoint
 
 from .. import positions as _positions
 from ..errors import (ConcurrentUseError, IncompatibleArgumentsError, InputError, LayerOutOfRangeError)
+from .cache import Cache
 from .sites import SEQUENCE_FREE
 
 RETURN_TYPES = (None, "logits", "loss", "both")
 _INPUT_KEYWORDS = ("images", "prepend_bos", "padding_side", "attention_mask")
 _FORWARD_KEYWORDS = ("return_type", "loss_per_token", "stop_at_layer") + _INPUT_KEYWORDS
-_CACHE_KEYWORDS = ("names_filter", "positions", "device", "remove_batch_dim", "incl_bwd", "return_cache_object",
+_CACHE_KEYWORDS = ("names_filter", "positions", "pos_slice", "device", "remove_batch_dim", "incl_bwd", "return_cache_object",
                    "fwd_hooks", "reset_hooks_end", "clear_contexts")
 _HF_PASSTHROUGH_EXCLUDED = frozenset({"self", "input_ids", "kwargs", "args", "labels", "return_dict"})
 
@@ -34,7 +35,7 @@ class _StopForward(Exception):
 
 
 def _reachable(name: str, stop_layer: int) -> bool:
-    if name in ("hook_embed", "hook_image_features"):
+    if not name.startswith(("blocks.", "ln_final.")):   # hook_tokens, hook_embed, hook_pos_embed, image features
         return True
     if name.startswith("blocks."):
         layer = int(name.split(".")[1])
@@ -62,6 +63,32 @@ def lm_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "bat
     if per_token:
         return loss * valid
     return loss[valid].mean()
+
+
+def _pos_slice_positions(pos_slice: Any, seq_len: int) -> list[int]:
+    """TransformerLens's ``pos_slice`` (int, list, tuple or ``Slice``) as the list of positions it keeps."""
+    from transformer_lens.utilities import Slice
+
+    import numpy as np
+
+    if isinstance(pos_slice, int) and not isinstance(pos_slice, bool):
+        return [pos_slice]
+    pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+    return [int(i) for i in np.atleast_1d(pos_slice.indices(seq_len))]
+
+
+def _has_grad(name: str) -> bool:
+    """Whether a hook point carries a gradient (not token ids; not a value computed beside the graph)."""
+    return name != "hook_tokens" and not name.endswith("hook_scale")
+
+
+def _optional_bwd(name: str, fn: Callable) -> Callable:
+    """A caching backward hook that may stay silent (a cached activation the loss does not depend on)."""
+    from .hookapi import _CountingBackwardHook
+
+    hook = _CountingBackwardHook(name, fn)
+    hook.optional = True
+    return hook
 
 
 class Running:
@@ -213,7 +240,7 @@ class Running:
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             return self(input, **kwargs)
 
-    def run_with_cache(self, input: Any, names_filter: Any = None, positions: Any = None,
+    def run_with_cache(self, input: Any, names_filter: Any = None, positions: Any = None, pos_slice: Any = None,
                        stop_at_layer: int | None = None, fwd_hooks: Sequence = (), device: Any = None,
                        remove_batch_dim: bool = False, incl_bwd: bool = False, return_cache_object: bool = True,
                        return_type: str | None = "logits", images: Any = None, prepend_bos: bool | None = None,
@@ -227,11 +254,15 @@ class Running:
             positions: keep only these token positions (see :mod:`tv_lens.positions`); the position axis stays,
                 so ``cache[name]`` is ``[batch, k, ...]`` (``k = 1`` for ``"last"``, ``-1``, ``"delimiter"``) and the
                 cache's ``pos_slice`` arguments index the kept positions. ``hook_image_features`` is kept whole.
-            stop_at_layer: run only blocks ``0 .. stop_at_layer - 1`` and return ``(None, cache)``.
+            pos_slice: TransformerLens's spelling of the same: an int (the axis stays, length 1), a list of ints,
+                a ``(start, stop[, step])`` tuple or a ``transformer_lens.utilities.Slice``; not with ``positions``.
+            stop_at_layer: run only blocks ``0 .. stop_at_layer - 1``; the first element is then the residual
+                stream entering block ``stop_at_layer`` ``[batch, pos, d_model]`` (as ``forward`` returns it).
             fwd_hooks: extra hooks (e.g. a patch) active during this run; they run before the caching hooks.
             device: move cached tensors there.
             remove_batch_dim: drop the batch axis (batch size 1 only).
-            incl_bwd: also run ``.backward()`` on the loss and cache each gradient as ``name + "_grad"``.
+            incl_bwd: also run ``.backward()`` on the loss (``return_type="loss"``) and cache each gradient as
+                ``name + "_grad"`` (read-only and integer hook points have none).
             return_cache_object: ``False`` returns a plain dict.
             return_type: what the first element is (``forward``'s ``return_type``).
 
@@ -252,6 +283,10 @@ class Running:
         if remove_batch_dim and inputs["input_ids"].shape[0] != 1:
             raise IncompatibleArgumentsError(f"remove_batch_dim=True needs a batch of one; this one has "
                                              f"{inputs['input_ids'].shape[0]} rows.")
+        if pos_slice is not None:
+            if positions is not None:
+                raise IncompatibleArgumentsError("pos_slice= and positions= both select positions: pass one.")
+            positions = _pos_slice_positions(pos_slice, inputs["input_ids"].shape[1])
         names = self._expand_names(names_filter)
         explicit = names_filter is not None and not callable(names_filter) and not any(
             ch in p for p in ([names_filter] if isinstance(names_filter, str) else names_filter) for ch in "*?[")
@@ -267,6 +302,8 @@ class Running:
                     f"stop_at_layer={stop_at_layer} stops before {beyond[:3]}{'...' if len(beyond) > 3 else ''} "
                     "run; raise stop_at_layer or drop those names.")
             names = reachable
+            stop_name = (f"blocks.{stop_layer}.hook_resid_pre" if stop_layer < self.cfg.n_layers
+                         else f"blocks.{self.cfg.n_layers - 1}.hook_resid_post")
         index = None
         if positions is not None:
             index = _positions.resolve(positions, self.positions(inputs))
@@ -290,19 +327,23 @@ class Running:
         def save_grad(grad: Tensor, hook: HookPoint) -> None:
             keep(grad, hook.name + "_grad")
 
-        bwd = [(name, save_grad) for name in names] if incl_bwd else []
+        bwd = [(name, _optional_bwd(name, save_grad)) for name in names if _has_grad(name)] if incl_bwd else []
+        extra = []
+        if stop_layer is not None:   # the residual entering the stop layer, whether cached or not
+            extra = [(stop_name, lambda t, hook: store.__setitem__("__stop__", t))]
         if incl_bwd and return_type != "loss":
             raise IncompatibleArgumentsError("incl_bwd=True runs .backward() on the loss; pass return_type='loss'.")
         with torch.enable_grad() if incl_bwd else contextlib.nullcontext():
-            out = self._run_until(inputs, stop_layer, list(fwd_hooks) + [(name, save) for name in names],
+            out = self._run_until(inputs, stop_layer, list(fwd_hooks) + [(name, save) for name in names] + extra,
                                   dict(forward_kwargs), bwd_hooks=bwd, backward=incl_bwd)
+        stopped = store.pop("__stop__", None)
         ordered = {name: store[name] for name in names if name in store}
         if incl_bwd:
             ordered.update({f"{n}_grad": store[f"{n}_grad"] for n in names if f"{n}_grad" in store})
-        result = self._shape_output(out, inputs, return_type, incl_bwd)
+        result = stopped if stop_layer is not None else self._shape_output(out, inputs, return_type, incl_bwd)
         if not return_cache_object:
             return result, ordered
-        return result, ActivationCache(ordered, self, has_batch_dim=not remove_batch_dim)
+        return result, Cache(ordered, self, has_batch_dim=not remove_batch_dim)
 
     def _shape_output(self, out: Tensor | None, inputs: dict, return_type: str | None, was_loss: bool) -> Any:
         if out is None or return_type is None:
@@ -320,18 +361,26 @@ class Running:
     @torch.no_grad()
     def generate(self, input: Any, max_new_tokens: int = 10,
                  fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (), do_sample: bool = False,
-                 return_new_tokens_only: bool = False, return_type: str = "tokens", verbose: bool = False,
+                 return_new_tokens_only: bool = False, return_type: str = "input", verbose: bool = False,
                  images: Any = None, prepend_bos: bool | None = None, padding_side: str | None = None,
+                 use_past_kv_cache: bool = True, hooks_on: str = "every_step",
                  **generate_kwargs: Any) -> Int[Tensor, "batch seq"] | str | list[str]:
-        """Generate with the HF KV cache; ``fwd_hooks`` act on the prefill (the prompt) only.
+        """Generate with the HF KV cache, with hooks active (TransformerLens ``generate``).
+
+        Hooks given as ``fwd_hooks`` and hooks attached with ``with model.hooks(...)`` behave the same: a plain
+        hook runs on every forward call (the prompt, then each new token: ``[batch, 1, ...]`` with the KV cache),
+        as in TransformerLens; a position hook (``tvl.hooks.patch(v, at="delimiter")``) acts on the prompt only,
+        where its position is. ``hooks_on="prompt"`` runs every hook on the prompt only.
 
         Patching the prompt once and decoding with the cache gives the same tokens as re-running the whole patched
         prefix at every step (the paper's loop), in a fraction of the time.
 
         Args:
-            return_type: ``"tokens"`` (``LongTensor[batch, prompt_len + new]``, HF convention), ``"str"`` (the
-                decoded text, a list for a batch), or ``"input"`` (``"str"`` for text input, else tokens), as in
-                TransformerLens.
+            return_type: ``"input"`` (default, as in TransformerLens: text for text input, else tokens),
+                ``"tokens"`` (``LongTensor[batch, prompt_len + new]``, HF convention) or ``"str"`` (the decoded
+                text, a list for a batch).
+            use_past_kv_cache: ``False`` re-runs the whole sequence at every step (HF ``use_cache=False``).
+            hooks_on: ``"every_step"`` (default) or ``"prompt"``.
             verbose: show a progress bar over the generated tokens.
             **generate_kwargs: HF ``generate`` options (``temperature``, ``top_k``...); others raise TypeError.
         """
@@ -341,11 +390,19 @@ class Running:
 
         if return_type not in ("tokens", "str", "input"):
             raise IncompatibleArgumentsError(f"return_type={return_type!r}: use 'tokens', 'str' or 'input'.")
+        if hooks_on not in ("every_step", "prompt"):
+            raise IncompatibleArgumentsError(f"hooks_on={hooks_on!r}: use 'every_step' or 'prompt'.")
+        generate_kwargs.setdefault("use_cache", bool(use_past_kv_cache))
+        if hooks_on == "prompt" and not generate_kwargs["use_cache"]:
+            raise IncompatibleArgumentsError(
+                "hooks_on='prompt' needs the KV cache (without it every step re-runs the prompt, hooks included); "
+                "drop use_past_kv_cache=False.")
         allowed = set(GenerationConfig().to_dict()) | {"streamer", "logits_processor", "stopping_criteria"}
         self._check_keywords(generate_kwargs, sorted(allowed | {"fwd_hooks", "do_sample", "return_type",
                                                                 "return_new_tokens_only", "verbose"}
                                                      | set(_INPUT_KEYWORDS)), "generate")
-        inputs = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side)
+        # HF decodes a batch correctly only when it is left-padded
+        inputs = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side or "left")
         pad_id = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
         if pad_id is not None:
             generate_kwargs.setdefault("pad_token_id", pad_id)
@@ -356,27 +413,24 @@ class Running:
 
             bar = tqdm(total=max_new_tokens, desc="generate", leave=False)
 
-        def prefill_only(fn: Callable) -> Callable:
-            def wrapped(tensor, hook):
-                return fn(tensor, hook=hook) if calls["n"] == 1 else None
-
-            wrapped.__wrapped__ = fn
-            return wrapped
-
         with self._exclusive(), running(self, inputs) as memo:
             def count_call(*_args, **_kwargs):
                 calls["n"] += 1
-                memo["decoding"] = calls["n"] > 1  # position hooks then stay out of the decoding steps
+                # position hooks stay out of the one-token decoding steps (without a KV cache each step is the
+                # whole sequence again, prompt positions included)
+                memo["decoding"] = calls["n"] > 1 and generate_kwargs["use_cache"]
+                self.__dict__["_hooks_paused"] = hooks_on == "prompt" and calls["n"] > 1
                 if bar is not None:
                     bar.update(1)
 
             counter = self.hf_model.register_forward_pre_hook(count_call)
             try:
-                with self.hooks([(name, prefill_only(fn)) for name, fn in fwd_hooks]):
+                with self.hooks(fwd_hooks):
                     out = self.hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                                  **generate_kwargs)
             finally:
                 counter.remove()
+                self.__dict__["_hooks_paused"] = False
                 self._resid_pre_store.clear()
                 if bar is not None:
                     bar.close()

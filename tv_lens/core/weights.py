@@ -22,8 +22,9 @@ class HookedModelConfig:
     Fields TransformerLens also has keep its meaning: ``d_mlp`` (MLP width), ``n_ctx`` (longest context the
     config declares), ``act_fn`` (``"silu"``, ``"gelu_new"``...), ``normalization_type`` (``"RMS"`` or ``"LN"``),
     ``positional_embedding_type`` (``"rotary"`` or ``"standard"``), ``n_key_value_heads`` (GQA),
-    ``default_prepend_bos`` (whether the tokenizer puts a BOS first by itself). ``None`` means the family has no
-    such thing.
+    ``default_prepend_bos`` (whether text gets a leading BOS when ``prepend_bos`` is not given, as in
+    TransformerLens; it starts as whether the tokenizer puts one first by itself — TransformerLens starts at
+    ``True`` — and setting it changes the default). ``None`` means the family has no such thing.
     """
 
     model_name: str
@@ -65,6 +66,17 @@ def _get(config, *names):
     return None
 
 
+def tokenizer_prepends_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS first by itself."""
+    if tokenizer is None or getattr(tokenizer, "bos_token_id", None) is None:
+        return False
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:   # noqa: BLE001 - a processor-only tokenizer that cannot run on bare text
+        return False
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 def tl_fields(text_config, final_norm, mods, tokenizer) -> dict:
     """The TransformerLens-named config fields read off an HF text config and modules."""
     norm = type(final_norm).__name__.lower()
@@ -73,13 +85,6 @@ def tl_fields(text_config, final_norm, mods, tokenizer) -> dict:
     if d_mlp is None and mlp_in is not None:
         weight = mlp_in.weight
         d_mlp = int(weight.shape[0] if isinstance(mlp_in, torch.nn.Linear) else weight.shape[1])
-    bos_first = False
-    if tokenizer is not None and getattr(tokenizer, "bos_token_id", None) is not None:
-        try:
-            ids = tokenizer("a")["input_ids"]
-            bos_first = bool(ids) and ids[0] == tokenizer.bos_token_id
-        except Exception:   # noqa: BLE001 - a processor-only tokenizer that cannot run on bare text
-            bos_first = False
     return dict(
         d_mlp=d_mlp,
         n_ctx=_get(text_config, "max_position_embeddings", "n_positions", "n_ctx"),
@@ -87,7 +92,7 @@ def tl_fields(text_config, final_norm, mods, tokenizer) -> dict:
         normalization_type="RMS" if "rms" in norm else "LN",
         positional_embedding_type="standard" if mods.pos_embed is not None else "rotary",
         n_key_value_heads=_get(text_config, "num_key_value_heads", "n_head", "num_attention_heads"),
-        default_prepend_bos=bos_first,
+        default_prepend_bos=tokenizer_prepends_bos(tokenizer),
         final_rms="rms" in norm,
     )
 

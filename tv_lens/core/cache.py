@@ -1,0 +1,50 @@
+"""The cache ``run_with_cache`` returns: TransformerLens's ``ActivationCache`` with one change — applying a norm to a
+stack of residual components (``apply_ln_to_stack``, hence ``decompose_resid`` / ``accumulated_resid`` /
+``stack_head_results`` / ``get_full_resid_decomposition`` with ``apply_ln=True``) includes the norm's WEIGHT.
+
+TransformerLens folds that weight into ``W_U`` (and the next layer's weights) when it loads a model; we keep the
+checkpoint's weights exactly, so the weight is applied here instead. Then ``logit_attrs`` over a full decomposition
+sums to the logit (minus the final norm's bias term ``b @ W_U`` and ``b_U``, which belong to no component), as it
+does in TransformerLens after ``fold_ln``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import ActivationCache
+from transformer_lens.utilities import Slice
+
+_NORMALIZED = ("LN", "LNPre", "RMS", "RMSPre")
+
+
+class Cache(ActivationCache):
+    """``ActivationCache`` whose norm application includes the norm's weight (see the module docstring)."""
+
+    def apply_ln_to_stack(self, residual_stack: Float[Tensor, "num_components *batch_and_pos d_model"],
+                          layer: int | None = None, mlp_input: bool = False, pos_slice: Any = None,
+                          batch_slice: Any = None, has_batch_dim: bool = True, recompute_ln: bool = False
+                          ) -> Float[Tensor, "num_components *batch_and_pos_out d_model"]:
+        """TransformerLens's ``apply_ln_to_stack`` (centre for LayerNorm, divide by the cached ``hook_scale``) times
+        the target norm's weight ``w`` ``[d_model]``: each component's share of that norm's output, bias left out.
+
+        ``layer``: the block whose input is meant (``None`` / ``-1`` / ``n_layers``: the final norm); ``mlp_input``:
+        ``ln2`` instead of ``ln1``. ``recompute_ln=True`` at the final layer runs the whole norm on each component
+        (weight and bias), as TransformerLens does."""
+        out = super().apply_ln_to_stack(residual_stack, layer=layer, mlp_input=mlp_input, pos_slice=pos_slice,
+                                        batch_slice=batch_slice, has_batch_dim=has_batch_dim,
+                                        recompute_ln=recompute_ln)
+        n_layers = self.model.cfg.n_layers
+        final = layer is None or layer == -1 or layer == n_layers
+        if self.model.cfg.normalization_type not in _NORMALIZED or (recompute_ln and final):
+            return out
+        norm = self.model.ln_final if final else getattr(self.model.blocks[layer], "ln2" if mlp_input else "ln1")
+        weight = norm.w
+        return out * weight.to(device=out.device, dtype=out.dtype)
+
+    def apply_slice_to_batch_dim(self, batch_slice: Slice | Any) -> Cache:
+        """TransformerLens's, keeping this class (and every entry with a batch axis sliced)."""
+        sliced = super().apply_slice_to_batch_dim(batch_slice)
+        return Cache(sliced.cache_dict, self.model, has_batch_dim=sliced.has_batch_dim)
