@@ -21,6 +21,7 @@ from .adapters import Adapter, adapter_for, resolve_path
 from .core.blocks import Block, Norm, as_in_out
 from .core.hookapi import HookAPI
 from .core.inputs import Inputs
+from .core.parts import Embed, HeadAnalysis, PosEmbed, Unembed
 from .core.running import Running
 from .core.sites import SITE_BY_SUFFIX, BridgedHookPoint
 from .core.tokens import Tokens
@@ -68,7 +69,7 @@ def _resolve_modules(hf_model: nn.Module, adapter: Adapter) -> SimpleNamespace:
     return mods
 
 
-class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRootModule):
+class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, HookAPI, HookedRootModule):
     """A Hugging Face VLM or causal LM with TransformerLens hook points, weights and habits.
 
     Hook points (``model.hook_names()`` lists them; docs/concepts.md shows the site table): ``hook_embed`` (the
@@ -138,6 +139,10 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         self.blocks = nn.ModuleList(Block(mods, layer, self.cfg, self.adapter.family, self._site_available)
                                     for layer in range(self.cfg.n_layers))
         self.ln_final = Norm(mods.final_norm)
+        self.embed = Embed(mods.embed_tokens)
+        self.pos_embed = PosEmbed(mods.pos_embed, self.adapter.family)
+        self.unembed = Unembed(mods.lm_head, mods.final_norm, d_model,
+                               getattr(text_config, "final_logit_softcapping", None))
         self.setup()
         # HookedRootModule.setup walks every module, HF ones included; keep only our own names.
         self.mod_dict = {k: v for k, v in self.mod_dict.items() if not k.startswith("hf_model")}

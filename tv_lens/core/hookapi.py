@@ -79,8 +79,12 @@ class HookAPI:
         return selected
 
     def _cached_by_default(self, name: str) -> bool:
+        """What ``names_filter=None`` caches: TransformerLens's switches decide for ``attn.hook_result``
+        (``set_use_attn_result``) and ``hook_mlp_in`` (``set_use_hook_mlp_in``)."""
         if name.endswith("attn.hook_result"):
-            return False
+            return bool(self.__dict__.get("_use_attn_result", False))
+        if name.endswith("hook_mlp_in"):
+            return bool(self.__dict__.get("_use_hook_mlp_in", False))
         return not (name.endswith("attn.hook_pattern") and self.attn_implementation != "eager")
 
     def _drop_unavailable(self, names: list[str]) -> list[str]:
@@ -114,6 +118,37 @@ class HookAPI:
                 f"model runs attn_implementation={impl!r}. Load it with attn_implementation=\"eager\" "
                 "(from_pretrained(..., attn_implementation=\"eager\")) or call "
                 "model.hf_model.set_attn_implementation(\"eager\"). hook_z and hook_result work with any.")
+
+    # ------------------------------------------------------------------ TransformerLens switches
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Cache ``attn.hook_result`` (each head's output ``[batch, pos, head, d_model]``) by default. The hook
+        point exists either way; it costs memory and time only while something holds it."""
+        self.__dict__["_use_attn_result"] = bool(use_attn_result)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Cache ``blocks.{l}.hook_mlp_in`` (the MLP block's input, before ``ln2``) by default; it always exists."""
+        self.__dict__["_use_hook_mlp_in"] = bool(use_hook_mlp_in)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Refused for ``True``: see :meth:`set_use_attn_in`."""
+        self._refuse_per_head_inputs("set_use_split_qkv_input", use_split_qkv_input)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Refused for ``True``: per-head copies of the attention input (``hook_q_input`` / ``hook_k_input`` /
+        ``hook_v_input``, ``hook_attn_in``) would need the HF attention rewritten to project each head from its own
+        copy; we never rewrite the HF model. Raises ``UnsupportedModelError`` naming the hook points that reach the
+        same effect."""
+        self._refuse_per_head_inputs("set_use_attn_in", use_attn_in)
+
+    def _refuse_per_head_inputs(self, switch: str, value: bool) -> None:
+        if value:
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"{switch}(True) asks for a separate attention input per head; tv_lens runs the unmodified HF "
+                "attention, which projects one shared input. Patch one head's query/key/value with "
+                "blocks.{l}.attn.hook_q / hook_k / hook_v (per head, [batch, pos, head, d_head]), or the shared "
+                "input with blocks.{l}.ln1.hook_normalized.")
 
     # ------------------------------------------------------------------ attaching
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:

@@ -24,7 +24,7 @@ from .sites import SEQUENCE_FREE
 
 RETURN_TYPES = (None, "logits", "loss", "both")
 _INPUT_KEYWORDS = ("images", "prepend_bos", "padding_side", "attention_mask")
-_FORWARD_KEYWORDS = ("return_type", "loss_per_token", "stop_at_layer") + _INPUT_KEYWORDS
+_FORWARD_KEYWORDS = ("return_type", "loss_per_token", "stop_at_layer", "start_at_layer", "tokens") + _INPUT_KEYWORDS
 _CACHE_KEYWORDS = ("names_filter", "positions", "pos_slice", "device", "remove_batch_dim", "incl_bwd", "return_cache_object",
                    "fwd_hooks", "reset_hooks_end", "clear_contexts")
 _HF_PASSTHROUGH_EXCLUDED = frozenset({"self", "input_ids", "kwargs", "args", "labels", "return_dict"})
@@ -143,6 +143,7 @@ class Running:
     def forward(self, input: Any, return_type: str | None = "logits", loss_per_token: bool = False,
                 stop_at_layer: int | None = None, images: Any = None, prepend_bos: bool | None = None,
                 padding_side: str | None = None, attention_mask: Tensor | None = None,
+                start_at_layer: int | None = None, tokens: Tensor | None = None,
                 **forward_kwargs: Any) -> Any:
         """Run the model with whatever hooks are attached (TransformerLens ``HookedTransformer.forward``).
 
@@ -155,12 +156,19 @@ class Running:
             stop_at_layer: run blocks ``0 .. stop_at_layer - 1`` only and return the residual stream entering
                 block ``stop_at_layer`` ``[batch, pos, d_model]``.
             prepend_bos / padding_side / attention_mask: as in TransformerLens (text / tokens).
+            start_at_layer: ``input`` is then the residual stream entering that block ``[batch, pos, d_model]``
+                (e.g. from ``input_to_embed`` or ``stop_at_layer``); blocks ``start_at_layer ..`` run on it.
+                ``tokens=`` gives the targets for ``return_type="loss"``. (The HF model still runs the earlier
+                blocks on zeros and the result is discarded: we never rewrite its forward.)
             **forward_kwargs: named parameters of the HF forward (``pixel_values``...); anything else raises
                 ``TypeError`` naming the nearest valid keyword.
         """
         self._check_keywords(forward_kwargs, _FORWARD_KEYWORDS, "forward")
         if return_type not in RETURN_TYPES:
             raise IncompatibleArgumentsError(f"return_type={return_type!r}: use one of {RETURN_TYPES}.")
+        if start_at_layer is not None:
+            return self._forward_from(input, start_at_layer, stop_at_layer, return_type, loss_per_token, tokens,
+                                      attention_mask, forward_kwargs)
         inputs = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side,
                                 attention_mask=attention_mask)
         if stop_at_layer is not None:
@@ -174,6 +182,71 @@ class Running:
         if return_type in (None, "logits"):
             return None if return_type is None else logits
         loss = lm_loss(logits, inputs["input_ids"], inputs.get("attention_mask"), loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def input_to_embed(self, input: Any, prepend_bos: bool | None = None, padding_side: str | None = None,
+                       attention_mask: Tensor | None = None, images: Any = None
+                       ) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], None, Tensor | None]:
+        """TransformerLens's ``input_to_embed``: ``(residual entering block 0, tokens, None, attention_mask)``.
+        The third element (TransformerLens's shortformer position embedding) is always ``None``: position
+        embeddings are already in the residual or, with rotary positions, inside attention."""
+        inputs = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side,
+                                attention_mask=attention_mask)
+        store: dict[str, Tensor] = {}
+        self._run_until(inputs, 0, [("blocks.0.hook_resid_pre", lambda t, hook: store.__setitem__("x", t))], {})
+        return store["x"], inputs["input_ids"], None, inputs.get("attention_mask")
+
+    def _forward_from(self, resid: Tensor, start_at_layer: int, stop_at_layer: int | None, return_type: str | None,
+                      loss_per_token: bool, tokens: Tensor | None, attention_mask: Tensor | None,
+                      forward_kwargs: dict) -> Any:
+        """``forward(resid, start_at_layer=k)``: the HF forward with block ``k``'s input replaced by ``resid``."""
+        from ..hooks import running
+
+        n = self.cfg.n_layers
+        if not isinstance(resid, Tensor) or not resid.is_floating_point() or resid.ndim != 3 \
+                or resid.shape[-1] != self.cfg.d_model:
+            raise InputError("With start_at_layer, the input is the residual stream [batch, pos, d_model] "
+                             "(model.input_to_embed(x)[0], or forward(x, stop_at_layer=k)).")
+        if not isinstance(start_at_layer, int) or not -n <= start_at_layer < n:
+            raise LayerOutOfRangeError(f"start_at_layer={start_at_layer!r} must be an int in [-{n}, {n - 1}].")
+        start = start_at_layer % n
+        if return_type in ("loss", "both") and tokens is None:
+            raise IncompatibleArgumentsError("return_type='loss' with start_at_layer needs tokens= (the targets).")
+        device = self.input_device
+        resid = resid.to(device=device, dtype=self.cfg.dtype)
+
+        def replace(module, args, kwargs):
+            if args:
+                return (resid, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": resid}
+
+        dummy = torch.zeros(resid.shape[:2], dtype=torch.long, device=device)
+        inputs = {"input_ids": dummy}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask.to(device)
+        handle = self._mods.layers[start].register_forward_pre_hook(replace, with_kwargs=True, prepend=True)
+        try:
+            if stop_at_layer is not None:
+                stop = self._stop_layer(stop_at_layer)
+                if stop <= start:
+                    raise IncompatibleArgumentsError(f"stop_at_layer={stop_at_layer} is not after "
+                                                     f"start_at_layer={start_at_layer}.")
+                store: dict[str, Tensor] = {}
+                name = f"blocks.{stop}.hook_resid_pre" if stop < n else f"blocks.{n - 1}.hook_resid_post"
+                self._run_until(inputs, stop, [(name, lambda t, hook: store.__setitem__("x", t))], forward_kwargs)
+                return store["x"]
+            forward_kwargs = {"use_cache": False, **forward_kwargs}
+            model_inputs = {"inputs_embeds": torch.zeros_like(resid), **{k: v for k, v in inputs.items()
+                                                                         if k != "input_ids"}}
+            with self._exclusive(), running(self, inputs):
+                logits = self.hf_model(**model_inputs, **forward_kwargs).logits
+        finally:
+            handle.remove()
+            self._resid_pre_store.clear()
+        if return_type in (None, "logits"):
+            return None if return_type is None else logits
+        tokens = tokens if tokens.ndim == 2 else tokens[None]
+        loss = lm_loss(logits, tokens, attention_mask, loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
     def _stop_layer(self, stop_at_layer: Any) -> int:

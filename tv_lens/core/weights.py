@@ -151,19 +151,3 @@ class Weights:
         if mlp_input:
             total = total + self.blocks[layer].attn.b_O
         return total
-
-    def unembed(self, resid: Float[Tensor, "... d_model"], normalize: bool = False) -> Float[Tensor, "... d_vocab"]:
-        """The unembedding, as TransformerLens's ``model.unembed``: ``resid @ W_U + b_U`` WITHOUT the final norm
-        (apply ``model.ln_final`` first, or pass ``normalize=True``), plus the logit soft-capping of families that
-        declare one, so ``unembed(ln_final(resid_post[-1]))`` reproduces the logits."""
-        if resid.shape[-1] != self.cfg.d_model:
-            from ..errors import VectorError
-
-            raise VectorError(f"Residual has width {resid.shape[-1]}, this model's d_model is {self.cfg.d_model}.")
-        head = self._mods.lm_head
-        resid = resid.to(device=head.weight.device, dtype=head.weight.dtype)
-        logits = head(self._mods.final_norm(resid) if normalize else resid)
-        cap = getattr(self.adapter.text_config(self.hf_model.config), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
