@@ -17,6 +17,8 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice
 
+from ..errors import UnsupportedModelError
+
 _NORMALIZED = ("LN", "LNPre", "RMS", "RMSPre")
 
 
@@ -43,6 +45,26 @@ class Cache(ActivationCache):
         norm = self.model.ln_final if final else getattr(self.model.blocks[layer], "ln2" if mlp_input else "ln1")
         weight = norm.w
         return out * weight.to(device=out.device, dtype=out.dtype)
+
+    def _check_additive(self, what: str) -> None:
+        """Per-head and per-neuron shares add up to the residual only where the block adds its attention / MLP
+        output as is; sandwich norms (Gemma 3) normalise that output first."""
+        adapter = self.model.adapter
+        if adapter.attn_out != adapter.attention or adapter.mlp_out != ("mlp",):
+            raise UnsupportedModelError(
+                f"{what}: {self.model.cfg.family} normalises each attention / MLP output before adding it to the "
+                "residual (sandwich norms), so per-head and per-neuron shares do not add up to it. Use "
+                "decompose_resid (one attn_out / mlp_out per layer, which do) or read attn.hook_z / mlp.hook_post.")
+
+    def stack_head_results(self, *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens's; refused where head results do not add up to the residual (see ``_check_additive``)."""
+        self._check_additive("stack_head_results")
+        return super().stack_head_results(*args, **kwargs)
+
+    def stack_neuron_results(self, *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens's; refused where neuron results do not add up to the residual."""
+        self._check_additive("stack_neuron_results")
+        return super().stack_neuron_results(*args, **kwargs)
 
     def apply_slice_to_batch_dim(self, batch_slice: Slice | Any) -> Cache:
         """TransformerLens's, keeping this class (and every entry with a batch axis sliced)."""
