@@ -157,8 +157,18 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, Hook
             for block in self.blocks:
                 block.attn.hook_pattern._check_attach = self._check_pattern_available
 
-    def _hooks_paused(self) -> bool:
-        return bool(self.__dict__.get("_hooks_paused", False))
+    def _hooks_paused(self, point: BridgedHookPoint) -> bool:
+        """Hook functions sit a call out past the prompt of ``generate(hooks_on="prompt")``, and before the first
+        block of ``forward(resid, start_at_layer=k)`` (those blocks' results are discarded)."""
+        if self.__dict__.get("_hooks_paused", False):
+            return True
+        start = self.__dict__.get("_start_layer")
+        if start is None:
+            return False
+        name = point.name or ""
+        if name.startswith("blocks."):
+            return int(name.split(".", 2)[1]) < start
+        return not name.startswith("ln_final.")
 
     def _has_head_hooks(self) -> bool:
         """Head hooks need the head layout and, in every layer, an output projection of width n_heads * d_head."""

@@ -18,8 +18,10 @@ def test_embed_pos_embed_unembed_are_modules_that_rebuild_the_forward(model):
     torch.testing.assert_close(model.unembed(cache["ln_final.hook_normalized"]), logits)
     if model.cfg.positional_embedding_type == "standard":
         torch.testing.assert_close(model.embed(tokens), cache["hook_embed"])
-        mask = model.as_inputs(tokens)["attention_mask"]
-        torch.testing.assert_close(model.pos_embed(tokens, attention_mask=mask), cache["hook_pos_embed"])
+        mask = model.as_inputs(tokens)["attention_mask"].bool()
+        pos = model.pos_embed(tokens, attention_mask=mask)
+        torch.testing.assert_close(pos[mask], cache["hook_pos_embed"][mask])   # real tokens: counted from 0
+        assert torch.all(pos[~mask] == 0)                                      # padding: zeros, as in TL
     else:
         torch.testing.assert_close(model.embed(tokens), cache["hook_embed"])
         with pytest.raises(UnsupportedModelError, match="rotary"):

@@ -19,6 +19,8 @@ def test_tl_hook_names_exist_with_tl_shapes(model):
     tokens = model.to_tokens(["Q:a\nA:b", "Q:abc\nA:b"])
     batch, pos = tokens.shape
     _, cache = model.run_with_cache(tokens)
+    assert "hook_tokens" not in cache.keys()   # TL caches it only with cfg.use_hook_tokens
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: True)
     d, d_mlp = model.cfg.d_model, model.cfg.d_mlp
     assert torch.equal(cache["hook_tokens"], tokens)
     assert cache["hook_embed"].shape == (batch, pos, d)

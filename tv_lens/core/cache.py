@@ -38,13 +38,24 @@ class Cache(ActivationCache):
         out = super().apply_ln_to_stack(residual_stack, layer=layer, mlp_input=mlp_input, pos_slice=pos_slice,
                                         batch_slice=batch_slice, has_batch_dim=has_batch_dim,
                                         recompute_ln=recompute_ln)
-        n_layers = self.model.cfg.n_layers
-        final = layer is None or layer == -1 or layer == n_layers
+        final = layer is None or layer == -1 or layer == self.model.cfg.n_layers
         if self.model.cfg.normalization_type not in _NORMALIZED or (recompute_ln and final):
             return out
+        return out * self._norm_weight(layer, mlp_input).to(device=out.device, dtype=out.dtype)
+
+    def _norm_weight(self, layer: int | None, mlp_input: bool) -> Float[Tensor, " d_model"]:
+        """The weight of the norm that reads the residual entering ``layer`` (``ln1`` / ``ln2``; the final norm)."""
+        final = layer is None or layer == -1 or layer == self.model.cfg.n_layers
         norm = self.model.ln_final if final else getattr(self.model.blocks[layer], "ln2" if mlp_input else "ln1")
-        weight = norm.w
-        return out * weight.to(device=out.device, dtype=out.dtype)
+        return norm.w.detach()
+
+    def _stack_neuron_results_apply_ln_projected(self, layer: int, pos_slice: Any, neuron_slice: Any,
+                                                 project_2d: Tensor, mlp_input: bool = False) -> Tensor:
+        """TransformerLens's fused norm-and-project path of ``stack_neuron_results``, with the norm's weight folded
+        into the projection (``(x / s * w) @ p = (x / s) @ (w ⊙ p)``), so it agrees with ``apply_ln_to_stack``."""
+        weight = self._norm_weight(layer, mlp_input).to(device=project_2d.device, dtype=project_2d.dtype)
+        return super()._stack_neuron_results_apply_ln_projected(layer, pos_slice, neuron_slice,
+                                                                weight[:, None] * project_2d, mlp_input=mlp_input)
 
     def _check_additive(self, what: str) -> None:
         """Per-head and per-neuron shares add up to the residual only where the block adds its attention / MLP

@@ -80,17 +80,21 @@ class HookAPI:
 
     def _cached_by_default(self, name: str) -> bool:
         """What ``names_filter=None`` caches: TransformerLens's switches decide for ``attn.hook_result``
-        (``set_use_attn_result``) and ``hook_mlp_in`` (``set_use_hook_mlp_in``)."""
+        (``set_use_attn_result``), ``hook_mlp_in`` (``set_use_hook_mlp_in``) and ``hook_tokens``
+        (``cfg.use_hook_tokens``)."""
         if name.endswith("attn.hook_result"):
             return bool(self.__dict__.get("_use_attn_result", False))
         if name.endswith("hook_mlp_in"):
             return bool(self.__dict__.get("_use_hook_mlp_in", False))
+        if name == "hook_tokens":
+            return bool(self.cfg.use_hook_tokens)
         return not (name.endswith("attn.hook_pattern") and self.attn_implementation != "eager")
 
     def _drop_unavailable(self, names: list[str]) -> list[str]:
         """Wildcards skip attention patterns a non-eager model cannot give, unless they select nothing else (then
         attaching raises the error that names the fix)."""
-        kept = [n for n in names if self._cached_by_default(n) or n.endswith("attn.hook_result")]
+        eager = self.attn_implementation == "eager"
+        kept = [n for n in names if eager or not n.endswith("attn.hook_pattern")]
         return kept or names
 
     def layer_index(self, layer: int) -> int:

@@ -30,7 +30,7 @@ class Embed(nn.Module):
 
 class PosEmbed(nn.Module):
     """``model.pos_embed``: token ids ``[batch, pos]`` → the learned position embedding ``[batch, pos, d_model]``
-    (positions ``0 .. pos - 1``; with ``attention_mask``, padding takes no position), ``W_pos``. Families with rotary
+    (positions ``0 .. pos - 1``; with ``attention_mask``, real tokens count from 0 and padding gets zeros), ``W_pos``. Families with rotary
     positions have none: calling it raises naming why."""
 
     def __init__(self, table: nn.Module | None, family: str) -> None:
@@ -54,9 +54,10 @@ class PosEmbed(nn.Module):
         batch, pos = tokens.shape
         if attention_mask is None:
             ids = torch.arange(pos, device=table.weight.device).expand(batch, -1) + past_kv_pos_offset
-        else:
-            ids = (attention_mask.to(table.weight.device).long().cumsum(-1) - 1).clamp(min=0) + past_kv_pos_offset
-        return table(ids)
+            return table(ids)
+        mask = attention_mask.to(table.weight.device).long()
+        ids = (mask.cumsum(-1) - 1).clamp(min=0) + past_kv_pos_offset
+        return table(ids) * mask[..., None].to(table.weight.dtype)   # padding: no position, zero (as TL)
 
 
 class Unembed(nn.Module):

@@ -34,13 +34,22 @@ class _StopForward(Exception):
     """Raised inside the forward pass to return early (``stop_at_layer``)."""
 
 
-def _reachable(name: str, stop_layer: int) -> bool:
+def _reachable(name: str, stop_layer: int, explicit: bool = True) -> bool:
+    """Whether a hook point runs before the forward stops at ``stop_layer``. The stop layer's ``hook_resid_pre``
+    (what ``stop_at_layer`` returns) is cached only when asked for by name: TransformerLens's cache stops before."""
     if not name.startswith(("blocks.", "ln_final.")):   # hook_tokens, hook_embed, hook_pos_embed, image features
         return True
     if name.startswith("blocks."):
         layer = int(name.split(".")[1])
-        return layer < stop_layer or (layer == stop_layer and name.endswith("hook_resid_pre"))
+        return layer < stop_layer or (explicit and layer == stop_layer and name.endswith("hook_resid_pre"))
     return False
+
+
+def _runs_from(name: str, start_layer: int) -> bool:
+    """Whether a hook point runs when the forward starts at block ``start_layer`` (``start_at_layer``)."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) >= start_layer
+    return name.startswith("ln_final.")
 
 
 def _kv_cache(output: Any) -> Any:
@@ -225,6 +234,7 @@ class Running:
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask.to(device)
         handle = self._mods.layers[start].register_forward_pre_hook(replace, with_kwargs=True, prepend=True)
+        self.__dict__["_start_layer"] = start   # hook points before block `start` sit this run out
         try:
             if stop_at_layer is not None:
                 stop = self._stop_layer(stop_at_layer)
@@ -242,6 +252,7 @@ class Running:
                 logits = self.hf_model(**model_inputs, **forward_kwargs).logits
         finally:
             handle.remove()
+            self.__dict__["_start_layer"] = None
             self._resid_pre_store.clear()
         if return_type in (None, "logits"):
             return None if return_type is None else logits
@@ -351,6 +362,12 @@ class Running:
         self._check_keywords(forward_kwargs, _FORWARD_KEYWORDS + _CACHE_KEYWORDS, "run_with_cache")
         if return_type not in RETURN_TYPES:
             raise IncompatibleArgumentsError(f"return_type={return_type!r}: use one of {RETURN_TYPES}.")
+        if forward_kwargs.get("start_at_layer") is not None:
+            if incl_bwd or positions is not None or pos_slice is not None or remove_batch_dim:
+                raise IncompatibleArgumentsError("With start_at_layer, run_with_cache takes names_filter, "
+                                                 "stop_at_layer, fwd_hooks, device and return_cache_object.")
+            return self._cache_from(input, names_filter, stop_at_layer, fwd_hooks, device, return_cache_object,
+                                    return_type, attention_mask, forward_kwargs)
         inputs = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side,
                                 attention_mask=attention_mask)
         if remove_batch_dim and inputs["input_ids"].shape[0] != 1:
@@ -368,7 +385,7 @@ class Running:
             if incl_bwd:
                 raise IncompatibleArgumentsError("incl_bwd=True needs the loss, which stop_at_layer never computes.")
             stop_layer = self._stop_layer(stop_at_layer)
-            reachable = [nm for nm in names if _reachable(nm, stop_layer)]
+            reachable = [nm for nm in names if _reachable(nm, stop_layer, explicit)]
             if explicit and len(reachable) < len(names):
                 beyond = [nm for nm in names if nm not in reachable]
                 raise IncompatibleArgumentsError(
@@ -417,6 +434,29 @@ class Running:
         if not return_cache_object:
             return result, ordered
         return result, Cache(ordered, self, has_batch_dim=not remove_batch_dim)
+
+    def _cache_from(self, resid: Tensor, names_filter: Any, stop_at_layer: int | None, fwd_hooks: Sequence,
+                    device: Any, return_cache_object: bool, return_type: str | None,
+                    attention_mask: Tensor | None, forward_kwargs: dict) -> tuple[Any, Any]:
+        """``run_with_cache(resid, start_at_layer=k)``: cache what runs from block ``k`` on (TransformerLens)."""
+        start = forward_kwargs.pop("start_at_layer")
+        n = self.cfg.n_layers
+        first = start % n if isinstance(start, int) and -n <= start < n else start
+        names = [nm for nm in self._expand_names(names_filter) if not isinstance(first, int) or _runs_from(nm, first)]
+        if stop_at_layer is not None:
+            stop = self._stop_layer(stop_at_layer)
+            names = [nm for nm in names if _reachable(nm, stop, explicit=False)]
+        store: dict[str, Tensor] = {}
+
+        def save(tensor: Tensor, hook: HookPoint) -> None:
+            kept = tensor.detach()
+            store[hook.name] = kept if device is None else kept.to(device)
+
+        with self.hooks(list(fwd_hooks) + [(nm, save) for nm in names]):
+            out = self.forward(resid, start_at_layer=start, stop_at_layer=stop_at_layer, return_type=return_type,
+                               attention_mask=attention_mask, **forward_kwargs)
+        ordered = {nm: store[nm] for nm in names if nm in store}
+        return out, (Cache(ordered, self) if return_cache_object else ordered)
 
     def _shape_output(self, out: Tensor | None, inputs: dict, return_type: str | None, was_loss: bool) -> Any:
         if out is None or return_type is None:

@@ -110,10 +110,10 @@ class BridgedHookPoint(HookPoint):
         super().__init__()
         self._site_changed: Callable[[BridgedHookPoint], None] | None = None
         self._check_attach: Callable[[], None] | None = None   # raises when this point cannot run here
-        self._paused: Callable[[], bool] | None = None   # True: hook functions sit this call out
+        self._paused: Callable[[BridgedHookPoint], bool] | None = None   # True: hook functions sit this call out
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._paused is not None and self._paused():   # generate(hooks_on="prompt") past the prompt
+        if self._paused is not None and self._paused(self):   # generate(hooks_on="prompt"), start_at_layer
             return x
         return super().__call__(x, *args, **kwargs)
 

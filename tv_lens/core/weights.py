@@ -22,6 +22,7 @@ class HookedModelConfig:
     Fields TransformerLens also has keep its meaning: ``d_mlp`` (MLP width), ``n_ctx`` (longest context the
     config declares), ``act_fn`` (``"silu"``, ``"gelu_new"``...), ``normalization_type`` (``"RMS"`` or ``"LN"``),
     ``positional_embedding_type`` (``"rotary"`` or ``"standard"``), ``n_key_value_heads`` (GQA),
+    ``use_hook_tokens`` (``names_filter=None`` caches ``hook_tokens``; the hook point works either way),
     ``default_prepend_bos`` (whether text gets a leading BOS when ``prepend_bos`` is not given, as in
     TransformerLens; it starts as whether the tokenizer puts one first by itself — TransformerLens starts at
     ``True`` — and setting it changes the default). ``None`` means the family has no such thing.
@@ -48,6 +49,7 @@ class HookedModelConfig:
     default_prepend_bos: bool = False
     attn_only: bool = False
     final_rms: bool = False
+    use_hook_tokens: bool = False
 
     @property
     def d_vocab_out(self) -> int:
