@@ -82,7 +82,8 @@ def test_every_analysis_method_runs_at_batch_two(family):
 
 @torch.no_grad()
 def test_apply_slice_to_batch_dim_slices_every_entry(model):
-    tokens = model.to_tokens(["Q:a\nA:b", "Q:abc\nA:b", "Q:ab"])
+    tokens = model.to_tokens(["Q:a\nA:b", "Q:c\nA:d", "Q:e\nA:f"])   # no padding: GPT-2 used to cache a
+    # [1, pos, d_model] hook_pos_embed here, which slicing the batch left whole
     _, cache = model.run_with_cache(tokens)
     one = cache.apply_slice_to_batch_dim(1)
     for name in cache.keys():
