@@ -274,15 +274,18 @@ class Inputs:
                              f"{tuple(inputs['input_ids'].shape)}.")
         return {**inputs, "attention_mask": mask.to(inputs["input_ids"].device)}
 
-    def position_ids_for(self, inputs: dict[str, Any]) -> Int[Tensor, "batch pos"] | None:
-        """Position ids that count real tokens only (TransformerLens: a masked token takes no position), for the
-        forward pass: every row of a learned-position family (GPT-2; batch-shaped, so ``hook_pos_embed`` is
-        ``[batch, pos, d_model]``), and rotary families whose mask has a hole inside a row. ``None``: HF's own."""
+    def position_ids_for(self, inputs: dict[str, Any], real_positions: bool = True
+                         ) -> Int[Tensor, "batch pos"] | None:
+        """Position ids for the forward pass. ``real_positions`` (text and token input): only real tokens count
+        (TransformerLens: a masked token takes no position) — every row of a learned-position family (GPT-2), and
+        rotary families whose mask has a hole inside a row. ``False`` (a processor-output dict): HF's own positions,
+        exactly. Learned-position families always get them batch-shaped, so ``hook_pos_embed`` is
+        ``[batch, pos, d_model]``. ``None``: leave them to HF."""
         if "position_ids" in inputs or "position_ids" not in self._forward_params():
             return None
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         learned = self._mods.pos_embed is not None
-        if mask is None:
+        if mask is None or not real_positions:
             if not learned:
                 return None
             return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)

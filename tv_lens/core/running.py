@@ -20,6 +20,7 @@ from transformer_lens.hook_points import HookPoint
 from .. import positions as _positions
 from ..errors import (ConcurrentUseError, IncompatibleArgumentsError, InputError, LayerOutOfRangeError)
 from .cache import Cache
+from .inputs import _is_text
 from .sites import SEQUENCE_FREE
 
 RETURN_TYPES = (None, "logits", "loss", "both")
@@ -185,9 +186,10 @@ class Running:
             store: dict[str, Tensor] = {}
             name = f"blocks.{stop}.hook_resid_pre" if stop < self.cfg.n_layers else \
                 f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
-            self._run_until(inputs, stop, [(name, lambda t, hook: store.__setitem__("x", t))], forward_kwargs)
+            self._run_until(inputs, stop, [(name, lambda t, hook: store.__setitem__("x", t))], forward_kwargs,
+                            real_positions=not isinstance(input, dict))
             return store["x"]
-        logits = self._run(inputs, **forward_kwargs)
+        logits = self._run(inputs, real_positions=not isinstance(input, dict), **forward_kwargs)
         if return_type in (None, "logits"):
             return None if return_type is None else logits
         loss = lm_loss(logits, inputs["input_ids"], inputs.get("attention_mask"), loss_per_token)
@@ -202,7 +204,8 @@ class Running:
         inputs = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side,
                                 attention_mask=attention_mask)
         store: dict[str, Tensor] = {}
-        self._run_until(inputs, 0, [("blocks.0.hook_resid_pre", lambda t, hook: store.__setitem__("x", t))], {})
+        self._run_until(inputs, 0, [("blocks.0.hook_resid_pre", lambda t, hook: store.__setitem__("x", t))], {},
+                        real_positions=not isinstance(input, dict))
         return store["x"], inputs["input_ids"], None, inputs.get("attention_mask")
 
     def _forward_from(self, resid: Tensor, start_at_layer: int, stop_at_layer: int | None, return_type: str | None,
@@ -266,19 +269,21 @@ class Running:
             raise LayerOutOfRangeError(f"stop_at_layer={stop_at_layer!r} must be an int in [-{n}, {n}].")
         return stop_at_layer % n if stop_at_layer < 0 else stop_at_layer
 
-    def _run(self, inputs: dict[str, Any], **forward_kwargs: Any) -> Tensor:
+    def _run(self, inputs: dict[str, Any], real_positions: bool = True, **forward_kwargs: Any) -> Tensor:
+        """The HF forward on ``inputs``. ``real_positions``: masked tokens take no position (TransformerLens; for
+        text and token input); ``False`` (a processor-output dict): the positions HF's forward gives it."""
         from ..hooks import running
 
         forward_kwargs.setdefault("use_cache", False)
         model_inputs = {k: v for k, v in inputs.items() if k != "offset_mapping"}
-        position_ids = self.position_ids_for(model_inputs)
+        position_ids = self.position_ids_for(model_inputs, real_positions)
         if position_ids is not None and "position_ids" not in forward_kwargs:
             model_inputs["position_ids"] = position_ids
         with self._exclusive(), running(self, inputs):
             return self.hf_model(**model_inputs, **forward_kwargs).logits
 
     def _run_until(self, inputs: dict[str, Any], stop_layer: int | None, hooks: list, forward_kwargs: dict,
-                   bwd_hooks: Sequence = (), backward: bool = False) -> Tensor | None:
+                   bwd_hooks: Sequence = (), backward: bool = False, real_positions: bool = True) -> Tensor | None:
         """Run with ``hooks`` attached, stopping before block ``stop_layer`` (``None``: run it all)."""
 
         def stop(*_args, **_kwargs):
@@ -293,7 +298,7 @@ class Running:
                               else self._mods.final_norm)
                     stop_handle = target.register_forward_pre_hook(stop)
                 try:
-                    out = self._run(inputs, **forward_kwargs)
+                    out = self._run(inputs, real_positions=real_positions, **forward_kwargs)
                 except _StopForward:
                     return None
                 if backward:
@@ -425,7 +430,8 @@ class Running:
             raise IncompatibleArgumentsError("incl_bwd=True runs .backward() on the loss; pass return_type='loss'.")
         with torch.enable_grad() if incl_bwd else contextlib.nullcontext():
             out = self._run_until(inputs, stop_layer, list(fwd_hooks) + [(name, save) for name in names] + extra,
-                                  dict(forward_kwargs), bwd_hooks=bwd, backward=incl_bwd)
+                                  dict(forward_kwargs), bwd_hooks=bwd, backward=incl_bwd,
+                                  real_positions=not isinstance(input, dict))
         stopped = store.pop("__stop__", None)
         ordered = {name: store[name] for name in names if name in store}
         if incl_bwd:
@@ -548,7 +554,7 @@ class Running:
                 if bar is not None:
                     bar.close()
         tokens = out[:, inputs["input_ids"].shape[1]:] if return_new_tokens_only else out
-        as_text = return_type == "str" or (return_type == "input" and isinstance(input, (str, list)))
+        as_text = return_type == "str" or (return_type == "input" and _is_text(input))
         if not as_text:
             return tokens
         text = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
