@@ -4,11 +4,11 @@ applied by the cache, since our weights are the checkpoint's)."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from helpers import two_prompts
-
-import importlib
 
 import tv_lens as tvl
 from tv_lens.errors import UnsupportedModelError

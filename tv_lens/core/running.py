@@ -18,7 +18,7 @@ from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
 from .. import positions as _positions
-from ..errors import (ConcurrentUseError, IncompatibleArgumentsError, InputError, LayerOutOfRangeError)
+from ..errors import ConcurrentUseError, IncompatibleArgumentsError, InputError, LayerOutOfRangeError
 from .cache import Cache
 from .inputs import _is_text
 from .sites import SEQUENCE_FREE
@@ -77,9 +77,8 @@ def lm_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "bat
 
 def _pos_slice_positions(pos_slice: Any, seq_len: int) -> list[int]:
     """TransformerLens's ``pos_slice`` (int, list, tuple or ``Slice``) as the list of positions it keeps."""
-    from transformer_lens.utilities import Slice
-
     import numpy as np
+    from transformer_lens.utilities import Slice
 
     if isinstance(pos_slice, int) and not isinstance(pos_slice, bool):
         return [pos_slice]
