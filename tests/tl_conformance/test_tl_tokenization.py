@@ -89,3 +89,14 @@ def test_a_full_explicit_mask_on_text_is_used_and_a_hole_removes_the_token(model
                                model(edited, attention_mask=torch.ones_like(edited)), atol=1e-4, rtol=1e-4)
     with pytest.raises(InputError, match="shape"):
         model(prompts, attention_mask=full[:, :-1])
+
+
+@torch.no_grad()
+def test_right_padded_tokens_with_no_mask_and_a_full_mask_agree(fresh):
+    fresh.tokenizer.padding_side = "right"
+    tokens = fresh.to_tokens(["Q:a\nA:b", "Q:abcde\nA:b"])
+    assert tokens[0, -1] == fresh.tokenizer.pad_token_id
+    torch.testing.assert_close(fresh(tokens), fresh(tokens, attention_mask=torch.ones_like(tokens)))
+    # the padding still never counts in the loss
+    loss = fresh(tokens, return_type="loss", loss_per_token=True)
+    assert torch.all(loss[0, -3:] == 0)

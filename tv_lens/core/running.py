@@ -75,6 +75,14 @@ def lm_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "bat
     return loss[valid].mean()
 
 
+def _right_padding_only(mask: Tensor | None) -> bool:
+    """A mask whose zeros, if any, only end rows (right padding) — not a hole, not left padding."""
+    if mask is None or mask.ndim != 2 or mask.shape[1] == 0 or bool(mask.all()):
+        return False
+    mask = mask.bool()
+    return bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
 def _pos_slice_positions(pos_slice: Any, seq_len: int) -> list[int]:
     """TransformerLens's ``pos_slice`` (int, list, tuple or ``Slice``) as the list of positions it keeps."""
     import numpy as np
@@ -275,6 +283,10 @@ class Running:
 
         forward_kwargs.setdefault("use_cache", False)
         model_inputs = {k: v for k, v in inputs.items() if k != "offset_mapping"}
+        if real_positions and _right_padding_only(model_inputs.get("attention_mask")):
+            # Trailing pads cannot reach a real token (causal); without the mask they run as TransformerLens runs
+            # them, so a full explicit mask and no mask give the same logits. Loss and positions still use it.
+            model_inputs.pop("attention_mask")
         position_ids = self.position_ids_for(model_inputs, real_positions)
         if position_ids is not None and "position_ids" not in forward_kwargs:
             model_inputs["position_ids"] = position_ids
