@@ -28,6 +28,7 @@ def test_tokenizer_padding_side_is_honoured(fresh):
     right = fresh.to_tokens(["a", "abcd"])
     assert right[0, -1] == pad and right[0, 0] != pad
     assert fresh.to_tokens(["a", "abcd"], padding_side="left")[0, 0] == pad   # the argument wins
+    assert fresh.prepare(["a", "abcd"])["input_ids"][0, 0] == pad   # prompt batches for generation stay left
 
 
 @torch.no_grad()

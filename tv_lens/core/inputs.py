@@ -100,8 +100,9 @@ class Inputs:
             text: one prompt or a list. Write the family's image placeholder (``model.image_placeholder``,
                 e.g. ``"<image>"``) where each image goes.
             images: ``None``; one PIL image; a flat list (in order over the whole batch); or one list per prompt.
-            padding_side: ``"left"`` or ``"right"``; ``None``: ``model.tokenizer.padding_side`` (set to
-                ``"left"`` when the model is built; change it to change the default, as in TransformerLens).
+            padding_side: ``"left"`` (default here: batched generation and last-token reruns need the real tokens
+                at the end of every row) or ``"right"``. The TransformerLens entry points (``to_tokens``,
+                ``forward``, ``run_with_cache``...) pass ``model.tokenizer.padding_side`` when not given.
             prepend_bos: ``None``: ``cfg.default_prepend_bos`` (initially whether the tokenizer puts a BOS first by
                 itself; set it to ``True`` for TransformerLens's default); ``True``/``False``: exactly one leading
                 BOS, or none (text only: a processor lays out image prompts itself).
@@ -115,7 +116,7 @@ class Inputs:
             from ..prompts import encode
 
             return encode(self, text)
-        padding_side = padding_side or self._default_padding_side()
+        padding_side = padding_side or "left"
         if padding_side not in ("left", "right"):
             raise IncompatibleArgumentsError(f"padding_side={padding_side!r}: use 'left' or 'right'.")
         texts = [text] if isinstance(text, str) else list(text)
@@ -237,7 +238,8 @@ class Inputs:
         from ..prompts import Prompt, encode
 
         if _is_text(inputs):
-            prepared = self.prepare(inputs, images=images, padding_side=padding_side, prepend_bos=prepend_bos)
+            prepared = self.prepare(inputs, images=images, padding_side=padding_side or self._default_padding_side(),
+                                    prepend_bos=prepend_bos)
             return prepared if attention_mask is None else self._with_mask(prepared, attention_mask)
         if images is not None:
             raise IncompatibleArgumentsError(

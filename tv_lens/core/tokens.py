@@ -29,8 +29,8 @@ class Tokens:
         a prompt longer than the model reads raises ``ContextLengthError`` rather than losing its end (the query
         and the delimiter a task vector is read at) without a word."""
         if truncate and _is_text(input):
-            ids = self.prepare(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side,
-                               truncate=True)["input_ids"]
+            ids = self.prepare(input, images=images, prepend_bos=prepend_bos,
+                               padding_side=padding_side or self._default_padding_side(), truncate=True)["input_ids"]
         else:
             ids = self.as_inputs(input, images=images, prepend_bos=prepend_bos,
                                  padding_side=padding_side)["input_ids"]
