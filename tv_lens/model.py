@@ -72,25 +72,33 @@ def _resolve_modules(hf_model: nn.Module, adapter: Adapter) -> SimpleNamespace:
 class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, HookAPI, HookedRootModule):
     """A Hugging Face VLM or causal LM with TransformerLens hook points, weights and habits.
 
-    Hook points (``model.hook_names()`` lists them; docs/concepts.md shows the site table): ``hook_embed`` (the
+    Hook points (``model.hook_names()`` lists them; docs/concepts.md shows the site table): ``hook_tokens`` (the
+    token ids, ``[batch, pos]``; cached by default with ``cfg.use_hook_tokens``), ``hook_embed`` (the
     residual entering block 0, after image features are merged in; in families with a learned position table,
     GPT-2, the token embedding alone, and ``hook_pos_embed`` the position embedding, as in TransformerLens),
     ``hook_image_features`` (projector output,
     ``[n_images, n_image_tokens, d_model]``, multimodal families only), per decoder layer ``l``:
     ``blocks.{l}.hook_resid_pre``, ``hook_resid_mid``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post``
-    (= HF ``hidden_states[l + 1]``), ``attn.hook_q/k/v`` (projections before rotary, ``[batch, pos, head, d_head]``,
+    (= HF ``hidden_states[l + 1]``), ``ln1`` / ``ln2`` ``.hook_scale`` (read-only) and ``.hook_normalized`` (the
+    norm's output), ``hook_mlp_in`` (ln2's input), ``mlp.hook_pre`` (``mlp.hook_pre_linear`` in gated MLPs),
+    ``attn.hook_q/k/v`` (projections before rotary, ``[batch, pos, head, d_head]``,
     keys/values with the GQA head count), ``attn.hook_z``, ``attn.hook_result`` (each head's contribution
-    ``z_h @ W_O[h]``, computed only while hooked; not cached by ``names_filter=None``), ``attn.hook_pattern``
+    ``z_h @ W_O[h]``, computed only while hooked; cached by ``names_filter=None`` after
+    ``set_use_attn_result(True)``), ``attn.hook_pattern``
     (eager attention only; read-only), ``mlp.hook_post`` (the MLP's hidden activation); and
     ``ln_final.hook_scale`` (read-only) and ``ln_final.hook_normalized``.
 
     TransformerLens habits that work: ``model(x, return_type=..., loss_per_token=..., stop_at_layer=...,
-    prepend_bos=..., padding_side=..., attention_mask=...)``, ``run_with_cache(..., incl_bwd=True,
-    remove_batch_dim=True, return_cache_object=False)``, backward hooks (``hooks(bwd_hooks=...)``,
-    ``add_hook(name, fn, dir="bwd")``), ``unembed`` (no final norm) and ``ln_final(x)``, ``W_U/W_E/W_Q/W_K/W_V/W_O``,
-    ``b_*``, ``W_in/W_out``, ``to_tokens/to_str_tokens/to_single_token/get_token_position``, the
-    ``ActivationCache`` analysis methods and ``transformer_lens.utils.test_prompt``. Unknown keywords raise
-    ``TypeError`` naming the nearest valid one.
+    start_at_layer=..., prepend_bos=..., padding_side=..., attention_mask=...)``, ``input_to_embed``,
+    ``run_with_cache(..., stop_at_layer=, pos_slice=, incl_bwd=True, remove_batch_dim=True,
+    return_cache_object=False)``, backward hooks (``hooks(bwd_hooks=...)``, ``add_hook(name, fn, dir="bwd")``),
+    ``generate`` (string in, string out; ``use_past_kv_cache``), ``embed`` / ``pos_embed`` / ``unembed`` modules (no
+    final norm in ``unembed``) and ``ln_final(x)``, ``W_U/W_E/W_Q/W_K/W_V/W_O``, ``b_*``, ``W_in/W_out``, ``OV`` /
+    ``QK``, ``all_head_labels``, ``all_composition_scores``, ``to_tokens/to_str_tokens/to_single_token/
+    to_single_str_token/get_token_position/set_tokenizer``, ``set_use_attn_result`` / ``set_use_hook_mlp_in``, the
+    ``ActivationCache`` analysis methods (direct logit attribution includes each norm's weight, see
+    docs/transformerlens.md) and ``transformer_lens.utils.test_prompt``. Unknown keywords raise ``TypeError`` naming
+    the nearest valid one.
 
     Build one with :meth:`from_pretrained` (hub id or local folder) or :meth:`from_hf` (a model you already have).
     """
