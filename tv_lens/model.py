@@ -44,6 +44,23 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return value
 
 
+_WEIGHT_PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+                      "refactor_factored_attn_matrices")
+
+
+def _refuse_weight_processing(options: dict[str, Any]) -> None:
+    """TransformerLens's weight-processing switches: ``False`` is what we do; ``True`` raises (never ignored)."""
+    unknown = [k for k in options if k not in _WEIGHT_PROCESSING]
+    if unknown:
+        raise TypeError(f"from_hf() got an unexpected keyword argument {unknown[0]!r}.")
+    asked = [k for k, v in options.items() if v]
+    if asked:
+        raise UnsupportedModelError(
+            f"{', '.join(asked)}=True: tv_lens keeps the checkpoint's weights exactly (HF parity), like "
+            "TransformerLens's HookedTransformer.from_pretrained_no_processing. Direct logit attribution still adds "
+            "up: the cache applies each norm's weight (docs/transformerlens.md). Drop the option.")
+
+
 def _resolve_modules(hf_model: nn.Module, adapter: Adapter) -> SimpleNamespace:
     """Every HF module the adapter names, per layer where it is per layer (``None`` where absent)."""
     mods = SimpleNamespace(
@@ -212,13 +229,32 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, Hook
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_hf(cls, model: nn.Module, processor: Any = None, tokenizer: Any = None,
-                model_name: str | None = None) -> HookedMultimodalModel:
+                model_name: str | None = None, default_prepend_bos: bool | None = None,
+                default_padding_side: str = "left", **weight_processing: Any) -> HookedMultimodalModel:
         """Wrap an HF model you already have. ``processor`` (VLMs) or ``tokenizer`` (LMs) enables text input.
 
         The model is put in eval mode; nothing else about it changes.
+
+        Args:
+            default_prepend_bos: ``cfg.default_prepend_bos`` (TransformerLens's ``from_pretrained`` argument);
+                ``None``: whether the tokenizer adds a BOS itself.
+            default_padding_side: the tokenizer's padding side, ``"left"`` unless you say ``"right"``.
+            **weight_processing: TransformerLens's ``fold_ln``, ``center_writing_weights``, ``center_unembed``,
+                ``fold_value_biases``, ``refactor_factored_attn_matrices``: only ``False`` is accepted.
+
+        Raises:
+            UnsupportedModelError: a weight-processing option set to ``True`` (we keep the checkpoint's weights).
         """
+        _refuse_weight_processing(weight_processing)
         model.eval()
-        return cls(model, processor=processor, tokenizer=tokenizer, model_name=model_name).eval()
+        hooked = cls(model, processor=processor, tokenizer=tokenizer, model_name=model_name).eval()
+        if default_padding_side not in ("left", "right"):
+            raise InputError(f"default_padding_side={default_padding_side!r}: use 'left' or 'right'.")
+        if hooked.tokenizer is not None and hasattr(hooked.tokenizer, "padding_side"):
+            hooked.tokenizer.padding_side = default_padding_side
+        if default_prepend_bos is not None:
+            hooked.cfg.default_prepend_bos = bool(default_prepend_bos)
+        return hooked
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: str | torch.dtype | None = None,
@@ -241,6 +277,9 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, Hook
         """
         import transformers
         from transformers import AutoConfig
+
+        tl_options = {k: hf_kwargs.pop(k) for k in ("default_prepend_bos", "default_padding_side") if k in hf_kwargs}
+        _refuse_weight_processing({k: hf_kwargs.pop(k) for k in _WEIGHT_PROCESSING if k in hf_kwargs})
 
         from .adapters import supported_architectures
 
@@ -271,7 +310,7 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, Hook
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        return cls.from_hf(model, processor=processor, tokenizer=tokenizer, model_name=str(name_or_path))
+        return cls.from_hf(model, processor=processor, tokenizer=tokenizer, model_name=str(name_or_path), **tl_options)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -49,3 +49,28 @@ def test_start_at_layer_continues_from_a_residual(model):
                                model(tokens, stop_at_layer=2))
     with pytest.raises(InputError, match="residual"):
         model(tokens, start_at_layer=1)
+
+
+@pytest.mark.parametrize("option", ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"])
+def test_weight_processing_is_refused_naming_the_tl_way(built, option):
+    import tv_lens as tvl
+    from tv_lens.errors import UnsupportedModelError
+
+    _, made = built
+    with pytest.raises(UnsupportedModelError, match="from_pretrained_no_processing"):
+        tvl.HookedMultimodalModel.from_hf(made.model, tokenizer=made.tokenizer, **{option: True})
+    tvl.HookedMultimodalModel.from_hf(made.model, tokenizer=made.tokenizer, **{option: False})   # what we do
+
+
+def test_tl_construction_defaults(built):
+    import tv_lens as tvl
+
+    _, made = built
+    tokenizer = made.tokenizer
+    try:
+        model = tvl.HookedMultimodalModel.from_hf(made.model, tokenizer=tokenizer, default_prepend_bos=True,
+                                                  default_padding_side="right")
+        assert model.to_tokens("ab")[0, 0] == tokenizer.bos_token_id
+        assert model.to_tokens(["a", "abc"])[0, -1] == tokenizer.pad_token_id
+    finally:
+        tokenizer.padding_side = "left"   # the tokenizer is shared with the other tests
