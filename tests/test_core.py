@@ -162,11 +162,12 @@ def test_stop_at_layer_runs_no_later_layer(family):
     handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
                for i, layer in enumerate(hooked._mods.layers)]
     try:
-        logits, cache = hooked.run_with_cache(inputs, names_filter="blocks.*.hook_resid_post", stop_at_layer=2)
+        resid, cache = hooked.run_with_cache(inputs, names_filter="blocks.*.hook_resid_post", stop_at_layer=2)
     finally:
         for h in handles:
             h.remove()
-    assert logits is None
+    # TransformerLens: the residual entering block 2 (= block 1's output)
+    torch.testing.assert_close(resid, cache["blocks.1.hook_resid_post"])
     assert ran == [0, 1]
     assert sorted(cache.keys()) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     with pytest.raises(IncompatibleArgumentsError):
@@ -187,7 +188,7 @@ def test_generate_with_patch_matches_full_prefix_recompute(family):
         return resid
 
     fast = hooked.generate(inputs, max_new_tokens=4, fwd_hooks=[("blocks.1.hook_resid_post", patch)],
-                           return_new_tokens_only=True)
+                           return_new_tokens_only=True, hooks_on="prompt")
     # The paper's loop: no KV cache, the whole (patched) prefix re-run for every new token.
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}

@@ -109,7 +109,8 @@ def test_generate_with_patch_matches_recompute_with_eos(family):
         return resid
 
     hooks = [("blocks.1.hook_resid_post", patch)]
-    fast = hooked.generate(inputs, max_new_tokens=6, fwd_hooks=hooks, return_new_tokens_only=True)
+    fast = hooked.generate(inputs, max_new_tokens=6, fwd_hooks=hooks, return_new_tokens_only=True,
+                           hooks_on="prompt")
     slow = _greedy_full_recompute(hooked, inputs, hooks, fast.shape[1],
                                   eos_id=tiny.model.generation_config.eos_token_id,
                                   pad_id=hooked.tokenizer.pad_token_id)
@@ -147,7 +148,8 @@ def test_qwen_mrope_patch_inside_image_then_generate(family):
         return resid
 
     hooks = [("blocks.0.hook_resid_post", patch)]
-    fast = hooked.generate(inputs, max_new_tokens=5, fwd_hooks=hooks, return_new_tokens_only=True)
+    fast = hooked.generate(inputs, max_new_tokens=5, fwd_hooks=hooks, return_new_tokens_only=True,
+                           hooks_on="prompt")
     slow = _greedy_full_recompute(hooked, inputs, hooks, fast.shape[1],
                                   eos_id=tiny.model.generation_config.eos_token_id,
                                   pad_id=hooked.tokenizer.pad_token_id)

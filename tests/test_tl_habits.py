@@ -347,7 +347,7 @@ def test_image_prompt_goes_through_every_entry_point_with_images():
     assert span.numel() > 1 and bool((tokens[0, span] == vlm.cfg.image_token_id).all())
     str_tokens = vlm.to_str_tokens(text, images=[img])
     assert len(str_tokens) == tokens.shape[1] and str_tokens.count(str_tokens[int(span[0])]) >= span.numel()
-    out = vlm.generate(text, images=[img], max_new_tokens=2)
+    out = vlm.generate(text, images=[img], max_new_tokens=2, return_type="tokens")
     assert out.shape[1] == tokens.shape[1] + 2
     with pytest.raises(InputError, match="placeholder"):
         vlm(text)   # an image placeholder with no image says so

@@ -78,4 +78,5 @@ def check_context(model, input_ids: Tensor, attention_mask: Tensor | None = None
     if too_long:
         row = too_long[0]
         raise ContextLengthError(f"prompt {row} has {int(lengths[row])} tokens but {model.cfg.model_name} reads at "
-                                 f"most {limit} (max_position_embeddings): shorten it (fewer shots?).")
+                                 f"most {limit} (max_position_embeddings): shorten it (fewer shots?), or pass "
+                                 "truncate=True to keep its first tokens only (TransformerLens's to_tokens default).")

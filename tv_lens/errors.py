@@ -36,6 +36,11 @@ class PositionError(TvLensError, IndexError):
     """A token position that is out of range, unknown, or never occurs in a prompt."""
 
 
+class TokenNotFoundError(PositionError, AssertionError):
+    """``get_token_position``: the token does not occur in the input (an ``AssertionError`` as well, which is what
+    TransformerLens raises)."""
+
+
 class InputError(TvLensError, ValueError):
     """Inputs the model cannot run: image count not matching placeholders, missing ids, wrong shapes."""
 

@@ -18,9 +18,10 @@ from torch import nn
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from .adapters import Adapter, adapter_for, resolve_path
-from .core.blocks import Block, FinalNorm, as_in_out
+from .core.blocks import Block, Norm, as_in_out
 from .core.hookapi import HookAPI
 from .core.inputs import Inputs
+from .core.parts import Embed, HeadAnalysis, PosEmbed, Unembed
 from .core.running import Running
 from .core.sites import SITE_BY_SUFFIX, BridgedHookPoint
 from .core.tokens import Tokens
@@ -28,7 +29,7 @@ from .core.weights import HookedModelConfig, Weights, tl_fields
 from .errors import InputError, UnsupportedModelError
 
 _PER_LAYER_FIELDS = ("attn_out", "mlp_out", "attention", "o_proj", "q_proj", "k_proj", "v_proj", "qkv_proj",
-                     "mlp_in", "mlp_gate", "mlp_down")
+                     "mlp_in", "mlp_gate", "mlp_down", "ln1", "ln2")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -41,6 +42,23 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if not isinstance(value, torch.dtype):
         raise InputError(f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'.")
     return value
+
+
+_WEIGHT_PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+                      "refactor_factored_attn_matrices")
+
+
+def _refuse_weight_processing(options: dict[str, Any]) -> None:
+    """TransformerLens's weight-processing switches: ``False`` is what we do; ``True`` raises (never ignored)."""
+    unknown = [k for k in options if k not in _WEIGHT_PROCESSING]
+    if unknown:
+        raise TypeError(f"from_hf() got an unexpected keyword argument {unknown[0]!r}.")
+    asked = [k for k, v in options.items() if v]
+    if asked:
+        raise UnsupportedModelError(
+            f"{', '.join(asked)}=True: tv_lens keeps the checkpoint's weights exactly (HF parity), like "
+            "TransformerLens's HookedTransformer.from_pretrained_no_processing. Direct logit attribution still adds "
+            "up: the cache applies each norm's weight (docs/transformerlens.md). Drop the option.")
 
 
 def _resolve_modules(hf_model: nn.Module, adapter: Adapter) -> SimpleNamespace:
@@ -63,31 +81,41 @@ def _resolve_modules(hf_model: nn.Module, adapter: Adapter) -> SimpleNamespace:
     for field in _PER_LAYER_FIELDS:
         paths = getattr(adapter, field)
         setattr(mods, field, [resolve_path(layer, paths) if paths else None for layer in mods.layers])
+    # TransformerLens's mlp.hook_pre: the pre-activation (the gate's output in a gated MLP)
+    mods.mlp_pre = [gate if gate is not None else up for gate, up in zip(mods.mlp_gate, mods.mlp_in)]
     return mods
 
 
-class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRootModule):
+class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, HookAPI, HookedRootModule):
     """A Hugging Face VLM or causal LM with TransformerLens hook points, weights and habits.
 
-    Hook points (``model.hook_names()`` lists them; docs/concepts.md shows the site table): ``hook_embed`` (the
+    Hook points (``model.hook_names()`` lists them; docs/concepts.md shows the site table): ``hook_tokens`` (the
+    token ids, ``[batch, pos]``; cached by default with ``cfg.use_hook_tokens``), ``hook_embed`` (the
     residual entering block 0, after image features are merged in; in families with a learned position table,
     GPT-2, the token embedding alone, and ``hook_pos_embed`` the position embedding, as in TransformerLens),
     ``hook_image_features`` (projector output,
     ``[n_images, n_image_tokens, d_model]``, multimodal families only), per decoder layer ``l``:
     ``blocks.{l}.hook_resid_pre``, ``hook_resid_mid``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_post``
-    (= HF ``hidden_states[l + 1]``), ``attn.hook_q/k/v`` (projections before rotary, ``[batch, pos, head, d_head]``,
+    (= HF ``hidden_states[l + 1]``), ``ln1`` / ``ln2`` ``.hook_scale`` (read-only) and ``.hook_normalized`` (the
+    norm's output), ``hook_mlp_in`` (ln2's input), ``mlp.hook_pre`` (``mlp.hook_pre_linear`` in gated MLPs),
+    ``attn.hook_q/k/v`` (projections before rotary, ``[batch, pos, head, d_head]``,
     keys/values with the GQA head count), ``attn.hook_z``, ``attn.hook_result`` (each head's contribution
-    ``z_h @ W_O[h]``, computed only while hooked; not cached by ``names_filter=None``), ``attn.hook_pattern``
+    ``z_h @ W_O[h]``, computed only while hooked; cached by ``names_filter=None`` after
+    ``set_use_attn_result(True)``), ``attn.hook_pattern``
     (eager attention only; read-only), ``mlp.hook_post`` (the MLP's hidden activation); and
     ``ln_final.hook_scale`` (read-only) and ``ln_final.hook_normalized``.
 
     TransformerLens habits that work: ``model(x, return_type=..., loss_per_token=..., stop_at_layer=...,
-    prepend_bos=..., padding_side=..., attention_mask=...)``, ``run_with_cache(..., incl_bwd=True,
-    remove_batch_dim=True, return_cache_object=False)``, backward hooks (``hooks(bwd_hooks=...)``,
-    ``add_hook(name, fn, dir="bwd")``), ``unembed`` (no final norm) and ``ln_final(x)``, ``W_U/W_E/W_Q/W_K/W_V/W_O``,
-    ``b_*``, ``W_in/W_out``, ``to_tokens/to_str_tokens/to_single_token/get_token_position``, the
-    ``ActivationCache`` analysis methods and ``transformer_lens.utils.test_prompt``. Unknown keywords raise
-    ``TypeError`` naming the nearest valid one.
+    start_at_layer=..., prepend_bos=..., padding_side=..., attention_mask=...)``, ``input_to_embed``,
+    ``run_with_cache(..., stop_at_layer=, pos_slice=, incl_bwd=True, remove_batch_dim=True,
+    return_cache_object=False)``, backward hooks (``hooks(bwd_hooks=...)``, ``add_hook(name, fn, dir="bwd")``),
+    ``generate`` (string in, string out; ``use_past_kv_cache``), ``embed`` / ``pos_embed`` / ``unembed`` modules (no
+    final norm in ``unembed``) and ``ln_final(x)``, ``W_U/W_E/W_Q/W_K/W_V/W_O``, ``b_*``, ``W_in/W_out``, ``OV`` /
+    ``QK``, ``all_head_labels``, ``all_composition_scores``, ``to_tokens/to_str_tokens/to_single_token/
+    to_single_str_token/get_token_position/set_tokenizer``, ``set_use_attn_result`` / ``set_use_hook_mlp_in``, the
+    ``ActivationCache`` analysis methods (direct logit attribution includes each norm's weight, see
+    docs/transformerlens.md) and ``transformer_lens.utils.test_prompt``. Unknown keywords raise ``TypeError`` naming
+    the nearest valid one.
 
     Build one with :meth:`from_pretrained` (hub id or local folder) or :meth:`from_hf` (a model you already have).
     """
@@ -122,6 +150,11 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
             **tl_fields(text_config, mods.final_norm, mods, self.tokenizer),
         )
 
+        self.__dict__["_tokenizer_bos_habit"] = self.cfg.default_prepend_bos
+        if self.tokenizer is not None and hasattr(self.tokenizer, "padding_side"):
+            # Our default side (TransformerLens sets its tokenizer's side too); a later change by the user rules.
+            self.tokenizer.padding_side = "left"
+        self.hook_tokens = BridgedHookPoint()
         self.hook_embed = BridgedHookPoint()
         if mods.pos_embed is not None:
             self.hook_pos_embed = BridgedHookPoint()
@@ -130,7 +163,11 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         self._head_hooks = self._has_head_hooks()
         self.blocks = nn.ModuleList(Block(mods, layer, self.cfg, self.adapter.family, self._site_available)
                                     for layer in range(self.cfg.n_layers))
-        self.ln_final = FinalNorm(mods.final_norm)
+        self.ln_final = Norm(mods.final_norm)
+        self.embed = Embed(mods.embed_tokens)
+        self.pos_embed = PosEmbed(mods.pos_embed, self.adapter.family)
+        self.unembed = Unembed(mods.lm_head, mods.final_norm, d_model,
+                               getattr(text_config, "final_logit_softcapping", None))
         self.setup()
         # HookedRootModule.setup walks every module, HF ones included; keep only our own names.
         self.mod_dict = {k: v for k, v in self.mod_dict.items() if not k.startswith("hf_model")}
@@ -140,9 +177,23 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         self.__dict__["_use_guard"] = threading.Lock()
         for hook_point in self.hook_dict.values():
             hook_point._site_changed = self._sync_site
+            hook_point._paused = self._hooks_paused
         if self._head_hooks:
             for block in self.blocks:
                 block.attn.hook_pattern._check_attach = self._check_pattern_available
+
+    def _hooks_paused(self, point: BridgedHookPoint) -> bool:
+        """Hook functions sit a call out past the prompt of ``generate(hooks_on="prompt")``, and before the first
+        block of ``forward(resid, start_at_layer=k)`` (those blocks' results are discarded)."""
+        if self.__dict__.get("_hooks_paused", False):
+            return True
+        start = self.__dict__.get("_start_layer")
+        if start is None:
+            return False
+        name = point.name or ""
+        if name.startswith("blocks."):
+            return int(name.split(".", 2)[1]) < start
+        return not name.startswith("ln_final.")
 
     def _has_head_hooks(self) -> bool:
         """Head hooks need the head layout and, in every layer, an output projection of width n_heads * d_head."""
@@ -157,6 +208,11 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         site, mods, cfg = SITE_BY_SUFFIX[suffix], self._mods, self.cfg
         if suffix == "hook_resid_mid":
             return self.adapter.has_resid_mid
+        if site.module in ("ln1", "ln2", "mlp_pre", "mlp_in", "mlp_down"):
+            present = all(m is not None for m in getattr(mods, site.module))
+            if suffix == "mlp.hook_pre_linear":   # a second pre-activation only in gated MLPs
+                return present and all(m is not None for m in mods.mlp_gate)
+            return present
         if site.module == "o_proj" or site.module == "attention":
             return self._head_hooks
         if site.module in ("q_proj", "k_proj", "v_proj"):
@@ -168,20 +224,37 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
             if all(m is not None and as_in_out(m).shape[1] == heads * cfg.d_head for m in separate):
                 return True
             return all(m is not None and as_in_out(m).shape[1] == 3 * cfg.d_model for m in mods.qkv_proj)
-        if site.module == "mlp_down":
-            return all(m is not None for m in mods.mlp_down)
         return True
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_hf(cls, model: nn.Module, processor: Any = None, tokenizer: Any = None,
-                model_name: str | None = None) -> HookedMultimodalModel:
+                model_name: str | None = None, default_prepend_bos: bool | None = None,
+                default_padding_side: str = "left", **weight_processing: Any) -> HookedMultimodalModel:
         """Wrap an HF model you already have. ``processor`` (VLMs) or ``tokenizer`` (LMs) enables text input.
 
         The model is put in eval mode; nothing else about it changes.
+
+        Args:
+            default_prepend_bos: ``cfg.default_prepend_bos`` (TransformerLens's ``from_pretrained`` argument);
+                ``None``: whether the tokenizer adds a BOS itself.
+            default_padding_side: the tokenizer's padding side, ``"left"`` unless you say ``"right"``.
+            **weight_processing: TransformerLens's ``fold_ln``, ``center_writing_weights``, ``center_unembed``,
+                ``fold_value_biases``, ``refactor_factored_attn_matrices``: only ``False`` is accepted.
+
+        Raises:
+            UnsupportedModelError: a weight-processing option set to ``True`` (we keep the checkpoint's weights).
         """
+        _refuse_weight_processing(weight_processing)
         model.eval()
-        return cls(model, processor=processor, tokenizer=tokenizer, model_name=model_name)
+        hooked = cls(model, processor=processor, tokenizer=tokenizer, model_name=model_name).eval()
+        if default_padding_side not in ("left", "right"):
+            raise InputError(f"default_padding_side={default_padding_side!r}: use 'left' or 'right'.")
+        if hooked.tokenizer is not None and hasattr(hooked.tokenizer, "padding_side"):
+            hooked.tokenizer.padding_side = default_padding_side
+        if default_prepend_bos is not None:
+            hooked.cfg.default_prepend_bos = bool(default_prepend_bos)
+        return hooked
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: str | torch.dtype | None = None,
@@ -204,6 +277,9 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
         """
         import transformers
         from transformers import AutoConfig
+
+        tl_options = {k: hf_kwargs.pop(k) for k in ("default_prepend_bos", "default_padding_side") if k in hf_kwargs}
+        _refuse_weight_processing({k: hf_kwargs.pop(k) for k in _WEIGHT_PROCESSING if k in hf_kwargs})
 
         from .adapters import supported_architectures
 
@@ -234,7 +310,7 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HookAPI, HookedRoo
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        return cls.from_hf(model, processor=processor, tokenizer=tokenizer, model_name=str(name_or_path))
+        return cls.from_hf(model, processor=processor, tokenizer=tokenizer, model_name=str(name_or_path), **tl_options)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -83,6 +83,8 @@ class Adapter:
             three separate projections are absent).
         mlp_in / mlp_gate / mlp_down: path(s), relative to a decoder layer, of the MLP's input, gate and output
             projections: ``W_in``, ``W_gate``, ``W_out``; the input of ``mlp_down`` is ``mlp.hook_post``.
+        ln1, ln2: path(s), relative to a decoder layer, of the norm before attention and the norm before the MLP
+            (``blocks.{l}.ln1.hook_scale`` / ``hook_normalized``, ``hook_mlp_in`` is ln2's input).
         pos_embed: path(s) to a learned absolute position embedding (``None``: rotary or none).
         image_features: path(s) to the module whose output is the projected image features (``None``: no hook).
         image_features_attr: the field of that module's output holding the features, for modules that return a
@@ -132,6 +134,8 @@ class Adapter:
     mlp_in: Paths | None = ("mlp.up_proj",)
     mlp_gate: Paths | None = ("mlp.gate_proj",)
     mlp_down: Paths | None = ("mlp.down_proj",)
+    ln1: Paths | None = ("input_layernorm",)
+    ln2: Paths | None = ("post_attention_layernorm",)
     pos_embed: Paths | None = None
     image_features: Paths | None = None
     image_features_attr: str | None = None

@@ -30,6 +30,7 @@ GPT2 = Adapter(
     q_proj=None, k_proj=None, v_proj=None,
     qkv_proj=("attn.c_attn",),  # a Conv1D: [q | k | v]
     mlp_in=("mlp.c_fc",), mlp_gate=None, mlp_down=("mlp.c_proj",),
+    ln1=("ln_1",), ln2=("ln_2",),
     pos_embed=("transformer.wpe",),
     notes="hook_embed is token + position embeddings (the residual entering block 0).",
 )

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from .base import Adapter
 
-_SANDWICH = dict(attn_out=("post_attention_layernorm",), mlp_out=("post_feedforward_layernorm",))
+_SANDWICH = dict(attn_out=("post_attention_layernorm",), mlp_out=("post_feedforward_layernorm",),
+                 ln2=("pre_feedforward_layernorm",))
 
 GEMMA3 = Adapter(
     family="gemma3",

@@ -8,7 +8,7 @@ hook points and ``state_dict`` stays the HF model's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
 import torch
@@ -136,7 +136,7 @@ class MLPBlock(nn.Module):
 
 
 class Block(nn.Module):
-    """``blocks[l]``: residual hook points, ``attn`` and ``mlp``."""
+    """``blocks[l]``: residual hook points, ``ln1``, ``attn``, ``ln2`` and ``mlp``."""
 
     def __init__(self, mods: SimpleNamespace, layer: int, cfg, family: str, available: Callable[[str], bool]) -> None:
         super().__init__()
@@ -144,6 +144,10 @@ class Block(nn.Module):
         attn = [s.split(".", 1)[1] for s in per_layer if s.startswith("attn.")]
         mlp = [s.split(".", 1)[1] for s in per_layer if s.startswith("mlp.")]
         for suffix in per_layer:   # registration order = forward order = hook_names() order
+            for norm in ("ln1", "ln2"):
+                if suffix.startswith(f"{norm}.") and norm not in self._modules:
+                    setattr(self, norm, Norm(getattr(mods, norm)[layer],
+                                             [s.split(".", 1)[1] for s in per_layer if s.startswith(f"{norm}.")]))
             if suffix.startswith("attn.") or (suffix == "hook_attn_out" and not attn):
                 if "attn" not in self._modules:
                     self.attn = AttentionBlock(mods, layer, cfg, family, attn)
@@ -158,14 +162,15 @@ class Block(nn.Module):
             self.mlp = MLPBlock(mods, layer, family, mlp)
 
 
-class FinalNorm(nn.Module):
-    """``ln_final``: callable like TransformerLens's (``model.ln_final(x)`` runs the model's own final norm, and the
-    hooks attached to ``ln_final.hook_scale`` / ``hook_normalized`` fire), with ``w`` (and ``b`` for LayerNorm)."""
+class Norm(nn.Module):
+    """A norm (``ln_final``, ``blocks[l].ln1`` / ``ln2``): callable like TransformerLens's (``model.ln_final(x)`` runs
+    the model's own norm, and the hooks attached to its ``hook_scale`` / ``hook_normalized`` fire), with ``w`` (and
+    ``b`` for LayerNorm; zeros for RMSNorm)."""
 
-    def __init__(self, norm: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, suffixes: Sequence[str] = ("hook_scale", "hook_normalized")) -> None:
         super().__init__()
-        self.hook_scale = BridgedHookPoint()
-        self.hook_normalized = BridgedHookPoint()
+        for suffix in suffixes:
+            setattr(self, suffix, BridgedHookPoint())
         self.__dict__["_norm"] = norm
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -175,8 +180,10 @@ class FinalNorm(nn.Module):
         return self._norm(x)
 
     @property
-    def w(self) -> Tensor:
-        return self._norm.weight
+    def w(self) -> Float[Tensor, " d_model"]:
+        """The weight the norm's output is multiplied by, as it acts (Gemma's ``1 + weight`` included)."""
+        weight = self._norm.weight
+        return 1 + weight if "gemma" in type(self._norm).__name__.lower() else weight
 
     @property
     def b(self) -> Tensor:

@@ -19,6 +19,7 @@ class _CountingBackwardHook:
 
     def __init__(self, name: str, fn: Callable) -> None:
         self.name, self.fn, self.fired = name, fn, 0
+        self.optional = False   # True: never firing is no error (run_with_cache's gradient caching)
         self.__wrapped__ = fn
 
     def __call__(self, grad, hook):
@@ -78,14 +79,22 @@ class HookAPI:
         return selected
 
     def _cached_by_default(self, name: str) -> bool:
+        """What ``names_filter=None`` caches: TransformerLens's switches decide for ``attn.hook_result``
+        (``set_use_attn_result``), ``hook_mlp_in`` (``set_use_hook_mlp_in``) and ``hook_tokens``
+        (``cfg.use_hook_tokens``)."""
         if name.endswith("attn.hook_result"):
-            return False
+            return bool(self.__dict__.get("_use_attn_result", False))
+        if name.endswith("hook_mlp_in"):
+            return bool(self.__dict__.get("_use_hook_mlp_in", False))
+        if name == "hook_tokens":
+            return bool(self.cfg.use_hook_tokens)
         return not (name.endswith("attn.hook_pattern") and self.attn_implementation != "eager")
 
     def _drop_unavailable(self, names: list[str]) -> list[str]:
         """Wildcards skip attention patterns a non-eager model cannot give, unless they select nothing else (then
         attaching raises the error that names the fix)."""
-        kept = [n for n in names if self._cached_by_default(n) or n.endswith("attn.hook_result")]
+        eager = self.attn_implementation == "eager"
+        kept = [n for n in names if eager or not n.endswith("attn.hook_pattern")]
         return kept or names
 
     def layer_index(self, layer: int) -> int:
@@ -113,6 +122,37 @@ class HookAPI:
                 f"model runs attn_implementation={impl!r}. Load it with attn_implementation=\"eager\" "
                 "(from_pretrained(..., attn_implementation=\"eager\")) or call "
                 "model.hf_model.set_attn_implementation(\"eager\"). hook_z and hook_result work with any.")
+
+    # ------------------------------------------------------------------ TransformerLens switches
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Cache ``attn.hook_result`` (each head's output ``[batch, pos, head, d_model]``) by default. The hook
+        point exists either way; it costs memory and time only while something holds it."""
+        self.__dict__["_use_attn_result"] = bool(use_attn_result)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Cache ``blocks.{l}.hook_mlp_in`` (the MLP block's input, before ``ln2``) by default; it always exists."""
+        self.__dict__["_use_hook_mlp_in"] = bool(use_hook_mlp_in)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Refused for ``True``: see :meth:`set_use_attn_in`."""
+        self._refuse_per_head_inputs("set_use_split_qkv_input", use_split_qkv_input)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Refused for ``True``: per-head copies of the attention input (``hook_q_input`` / ``hook_k_input`` /
+        ``hook_v_input``, ``hook_attn_in``) would need the HF attention rewritten to project each head from its own
+        copy; we never rewrite the HF model. Raises ``UnsupportedModelError`` naming the hook points that reach the
+        same effect."""
+        self._refuse_per_head_inputs("set_use_attn_in", use_attn_in)
+
+    def _refuse_per_head_inputs(self, switch: str, value: bool) -> None:
+        if value:
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"{switch}(True) asks for a separate attention input per head; tv_lens runs the unmodified HF "
+                "attention, which projects one shared input. Patch one head's query/key/value with "
+                "blocks.{l}.attn.hook_q / hook_k / hook_v (per head, [batch, pos, head, d_head]), or the shared "
+                "input with blocks.{l}.ln1.hook_normalized.")
 
     # ------------------------------------------------------------------ attaching
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
@@ -167,7 +207,7 @@ class HookAPI:
         with self._exclusive(), super().hooks(fwd_hooks, counted, reset_hooks_end, clear_contexts) as model:
             yield model   # the block holds the model for this thread: another thread's call raises
         check_fired(user_fns)
-        silent = [fn for _, fn in counted if fn.fired == 0]
+        silent = [fn for _, fn in counted if fn.fired == 0 and not fn.optional]
         if silent and reset_hooks_end:
             raise PatchNotFiredError(
                 f"{len(silent)} backward hook(s) never fired: {silent[:3]}. Call .backward() on something that "

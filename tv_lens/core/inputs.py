@@ -91,17 +91,23 @@ class Inputs:
         """What to write in a prompt where an image goes (``None`` for text-only models)."""
         return self.adapter.image_placeholder
 
-    def prepare(self, text: str | Sequence[str], images: Any = None, padding_side: str | None = "left",
-                prepend_bos: bool | None = None, **processor_kwargs: Any) -> dict[str, Tensor]:
+    def prepare(self, text: str | Sequence[str], images: Any = None, padding_side: str | None = None,
+                prepend_bos: bool | None = None, truncate: bool = False,
+                **processor_kwargs: Any) -> dict[str, Tensor]:
         """Tokenize text (and images) into model inputs: a padded batch on the model's device.
 
         Args:
             text: one prompt or a list. Write the family's image placeholder (``model.image_placeholder``,
                 e.g. ``"<image>"``) where each image goes.
             images: ``None``; one PIL image; a flat list (in order over the whole batch); or one list per prompt.
-            padding_side: ``"left"`` (default) or ``"right"``.
-            prepend_bos: ``None``: the tokenizer's own habit (``cfg.default_prepend_bos``); ``True``/``False``:
-                force a leading BOS on or off (text only: a processor lays out image prompts itself).
+            padding_side: ``"left"`` (default here: batched generation and last-token reruns need the real tokens
+                at the end of every row) or ``"right"``. The TransformerLens entry points (``to_tokens``,
+                ``forward``, ``run_with_cache``...) pass ``model.tokenizer.padding_side`` when not given.
+            prepend_bos: ``None``: ``cfg.default_prepend_bos`` (initially whether the tokenizer puts a BOS first by
+                itself; set it to ``True`` for TransformerLens's default); ``True``/``False``: exactly one leading
+                BOS, or none (text only: a processor lays out image prompts itself).
+            truncate: cut each prompt to ``cfg.n_ctx`` tokens (TransformerLens's ``to_tokens`` default); by default
+                a prompt too long for the model raises ``ContextLengthError`` instead of losing its end silently.
 
         Raises:
             InputError: the number of images does not match the placeholders, or no tokenizer/processor is known.
@@ -123,6 +129,10 @@ class Inputs:
         n_placeholders = [t.count(placeholder) if placeholder else 0 for t in texts]
         check_images_per_prompt(images, n_placeholders)
         flat_images = _flatten_images(images)
+        if not flat_images and sum(n_placeholders):
+            raise InputError(
+                f"The text has {sum(n_placeholders)} image placeholder(s) {placeholder!r} but no image was given: "
+                "pass images=[...] (one per placeholder, in order) to see the tokens the model reads.")
         if len(flat_images) != sum(n_placeholders):
             raise InputError(
                 f"{len(flat_images)} image(s) given but the text has {sum(n_placeholders)} image placeholder(s) "
@@ -162,12 +172,15 @@ class Inputs:
             tokenizer = self._require_tokenizer()
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            if prepend_bos is not None and prepend_bos != self.cfg.default_prepend_bos:
-                if prepend_bos:
+            want_bos = self.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+            if want_bos != self._tokenizer_prepends_bos():
+                if want_bos:
                     if tokenizer.bos_token is None:
                         raise InputError("prepend_bos=True but this tokenizer has no BOS token.")
                     texts = [tokenizer.bos_token + t for t in texts]
                 processor_kwargs = {**processor_kwargs, "add_special_tokens": False}
+            if truncate and self.cfg.n_ctx:
+                processor_kwargs = {**processor_kwargs, "truncation": True, "max_length": int(self.cfg.n_ctx)}
             call = lambda: tokenizer(texts, return_tensors="pt", padding=True, **processor_kwargs)  # noqa: E731
         old_side = tokenizer.padding_side
         tokenizer.padding_side = padding_side
@@ -177,6 +190,15 @@ class Inputs:
             tokenizer.padding_side = old_side
         check_context(self, encoded["input_ids"], encoded.get("attention_mask"))
         return self._to_device(dict(encoded))
+
+    def _default_padding_side(self) -> str:
+        """``model.tokenizer.padding_side`` (TransformerLens's rule); ``"left"`` when there is no tokenizer."""
+        tokenizer = self.tokenizer
+        return getattr(tokenizer, "padding_side", None) or "left"
+
+    def _tokenizer_prepends_bos(self) -> bool:
+        """Whether the tokenizer puts a BOS first by itself (read once, when the model was built)."""
+        return bool(self.__dict__.get("_tokenizer_bos_habit", False))
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
@@ -216,7 +238,9 @@ class Inputs:
         from ..prompts import Prompt, encode
 
         if _is_text(inputs):
-            return self.prepare(inputs, images=images, padding_side=padding_side, prepend_bos=prepend_bos)
+            prepared = self.prepare(inputs, images=images, padding_side=padding_side or self._default_padding_side(),
+                                    prepend_bos=prepend_bos)
+            return prepared if attention_mask is None else self._with_mask(prepared, attention_mask)
         if images is not None:
             raise IncompatibleArgumentsError(
                 "images= goes with text prompts (whose placeholders say where each image goes); these inputs are "
@@ -235,20 +259,50 @@ class Inputs:
             inputs = {k: (v[None] if isinstance(v, Tensor) and k in ("input_ids", "attention_mask") else v)
                       for k, v in inputs.items()}
         if attention_mask is not None:
-            mask = attention_mask if attention_mask.ndim == 2 else attention_mask[None]
-            if tuple(mask.shape) != tuple(inputs["input_ids"].shape):
-                raise InputError(f"attention_mask has shape {tuple(mask.shape)}, the tokens "
-                                 f"{tuple(inputs['input_ids'].shape)}.")
-            inputs = {**inputs, "attention_mask": mask}
+            inputs = self._with_mask(inputs, attention_mask)
         elif "attention_mask" not in inputs and self.tokenizer is not None:
             mask = padding_mask(inputs["input_ids"], self.tokenizer.pad_token_id,
-                                getattr(self.tokenizer, "bos_token_id", None), padding_side or "left")
+                                getattr(self.tokenizer, "bos_token_id", None),
+                                padding_side or self._default_padding_side())
             if mask is not None:
                 inputs = {**inputs, "attention_mask": mask}
-                if self._mods.pos_embed is not None and "position_ids" in self._forward_params():
-                    # learned absolute positions count real tokens only (as TransformerLens does for padding)
-                    inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         return extend_token_types(self._to_device(inputs))
+
+    def _with_mask(self, inputs: dict[str, Any], attention_mask: Tensor) -> dict[str, Any]:
+        """``inputs`` with an explicit attention mask ``[batch, pos]`` (text or tokens alike)."""
+        mask = attention_mask if attention_mask.ndim == 2 else attention_mask[None]
+        if tuple(mask.shape) != tuple(inputs["input_ids"].shape):
+            raise InputError(f"attention_mask has shape {tuple(mask.shape)}, the tokens "
+                             f"{tuple(inputs['input_ids'].shape)}.")
+        return {**inputs, "attention_mask": mask.to(inputs["input_ids"].device)}
+
+    def position_ids_for(self, inputs: dict[str, Any], real_positions: bool = True
+                         ) -> Int[Tensor, "batch pos"] | None:
+        """Position ids for the forward pass. ``real_positions`` (text and token input): only real tokens count
+        (TransformerLens: a masked token takes no position) — every row of a learned-position family (GPT-2), and
+        rotary families whose mask has a hole inside a row. ``False`` (a processor-output dict): HF's own positions,
+        exactly. Learned-position families always get them batch-shaped, so ``hook_pos_embed`` is
+        ``[batch, pos, d_model]``. ``None``: leave them to HF."""
+        if "position_ids" in inputs or "position_ids" not in self._forward_params():
+            return None
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        learned = self._mods.pos_embed is not None
+        if mask is None or not real_positions:
+            if not learned:
+                return None
+            return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        mask = mask.to(ids.device).long()
+        if not learned:
+            if self.cfg.is_multimodal:   # multimodal rotary families lay out their own (multi-axis) positions
+                return None
+            real = mask.bool()
+            first = real.long().argmax(-1, keepdim=True)
+            last = ids.shape[1] - 1 - real.flip(-1).long().argmax(-1, keepdim=True)
+            ar = torch.arange(ids.shape[1], device=ids.device)
+            inside = (ar >= first) & (ar <= last)
+            if bool((real | ~inside).all()):   # only leading/trailing padding: HF's positions are right already
+                return None
+        return (mask.cumsum(-1) - 1).clamp(min=0)
 
     _as_inputs = as_inputs   # the name other modules used before the seam was public
 

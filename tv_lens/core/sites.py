@@ -50,11 +50,14 @@ class Site:
 
 
 SITES: tuple[Site, ...] = (
+    Site("hook_tokens", "embed_tokens", "pre", "rw", False, "tokens", False, "batch pos"),
     Site("hook_embed", "layers", "pre", "rw", False, "layer_pre", False, "batch pos d_model"),
     Site("hook_pos_embed", "pos_embed", "post", "rw", False, "pos_embed", False, "batch pos d_model"),
     Site("hook_image_features", "image_features", "post", "rw", False, "image_features", False,
          "n_images image_pos d_model"),
     Site("hook_resid_pre", "layers", "pre", "rw", False, "layer_pre", True, "batch pos d_model"),
+    Site("ln1.hook_scale", "ln1", "post", "r", False, "ln1", True, "batch pos 1"),
+    Site("ln1.hook_normalized", "ln1", "post", "rw", False, "ln1", True, "batch pos d_model"),
     Site("attn.hook_q", "q_proj", "post", "rw", True, "q", True, "batch pos head d_head"),
     Site("attn.hook_k", "k_proj", "post", "rw", True, "k", True, "batch pos kv_head d_head"),
     Site("attn.hook_v", "v_proj", "post", "rw", True, "v", True, "batch pos kv_head d_head"),
@@ -63,6 +66,11 @@ SITES: tuple[Site, ...] = (
     Site("attn.hook_result", "o_proj", "post", "rw", True, "result", True, "batch pos head d_model"),
     Site("hook_attn_out", "attn_out", "post", "rw", False, "attn_out", True, "batch pos d_model"),
     Site("hook_resid_mid", "attn_out", "post", "rw", False, "attn_out", True, "batch pos d_model"),
+    Site("hook_mlp_in", "ln2", "pre", "rw", False, "mlp_in", True, "batch pos d_model"),
+    Site("ln2.hook_scale", "ln2", "post", "r", False, "ln2", True, "batch pos 1"),
+    Site("ln2.hook_normalized", "ln2", "post", "rw", False, "ln2", True, "batch pos d_model"),
+    Site("mlp.hook_pre", "mlp_pre", "post", "rw", False, "mlp_pre", True, "batch pos d_mlp"),
+    Site("mlp.hook_pre_linear", "mlp_in", "post", "rw", False, "mlp_pre_linear", True, "batch pos d_mlp"),
     Site("mlp.hook_post", "mlp_down", "pre", "rw", False, "mlp_post", True, "batch pos d_mlp"),
     Site("hook_mlp_out", "mlp_out", "post", "rw", False, "mlp_out", True, "batch pos d_model"),
     Site("hook_resid_post", "layers", "post", "rw", False, "layer_post", True, "batch pos d_model"),
@@ -102,6 +110,12 @@ class BridgedHookPoint(HookPoint):
         super().__init__()
         self._site_changed: Callable[[BridgedHookPoint], None] | None = None
         self._check_attach: Callable[[], None] | None = None   # raises when this point cannot run here
+        self._paused: Callable[[BridgedHookPoint], bool] | None = None   # True: hook functions sit this call out
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._paused is not None and self._paused(self):   # generate(hooks_on="prompt"), start_at_layer
+            return x
+        return super().__call__(x, *args, **kwargs)
 
     def add_hook(self, *args, **kwargs):
         if self._check_attach is not None:
@@ -294,23 +308,37 @@ def _result(model: HookedMultimodalModel, layer: int) -> list:
     return [model._mods.o_proj[layer].register_forward_hook(result_hook)]
 
 
-def _final_norm(model: HookedMultimodalModel, layer: None) -> list:
-    scale_point = model.hook_dict["ln_final.hook_scale"]
-    norm_point = model.hook_dict["ln_final.hook_normalized"]
-    module = model._mods.final_norm
+def _norm(field: str, prefix: str):
+    """The bridge of a norm's ``hook_scale`` (read-only, computed from its input) and ``hook_normalized`` (its
+    output): ``ln_final`` or, per block, ``ln1`` / ``ln2``."""
 
-    def final_hook(module, args, kwargs, output):
-        if scale_point.active:
-            x = args[0] if args else kwargs["hidden_states"]
-            _read_only(scale_point, norm_scale(module, x, model.cfg.normalization_type),
-                       "it is computed from the final norm's input; patch ln_final.hook_normalized instead.")
-        if not norm_point.active:
-            return None
-        out = _first(output)
-        new = norm_point(out)
-        return None if new is out else _replace_first(output, new)
+    def install(model: HookedMultimodalModel, layer: int | None) -> list:
+        name = prefix if layer is None else f"blocks.{layer}.{prefix}"
+        scale_point = model.hook_dict.get(f"{name}.hook_scale")
+        norm_point = model.hook_dict.get(f"{name}.hook_normalized")
+        modules = getattr(model._mods, field)
+        module = modules if layer is None else modules[layer]
 
-    return [module.register_forward_hook(final_hook, with_kwargs=True)]
+        def norm_hook(module, args, kwargs, output):
+            if _active(scale_point):
+                x = args[0] if args else kwargs["hidden_states"]
+                _read_only(scale_point, norm_scale(module, x, model.cfg.normalization_type),
+                           f"it is computed from the norm's input; patch {name}.hook_normalized instead.")
+            if not _active(norm_point):
+                return None
+            out = _first(output)
+            new = norm_point(out)
+            return None if new is out else _replace_first(output, new)
+
+        return [module.register_forward_hook(norm_hook, with_kwargs=True)]
+
+    return install
+
+
+def _tokens(model: HookedMultimodalModel, layer: None) -> list:
+    """``hook_tokens``: the token ids entering the embedding (a replacement must keep the shape)."""
+    return _input_bridge(model._mods.embed_tokens, model.hook_dict["hook_tokens"])
+
 
 
 def norm_scale(module: nn.Module, x: Tensor, normalization_type: str) -> Tensor:
@@ -363,7 +391,13 @@ BRIDGES: dict[str, Callable[[Any, int | None], list]] = {
     "pattern": _pattern,
     "z": _z,
     "result": _result,
-    "final_norm": _final_norm,
+    "final_norm": _norm("final_norm", "ln_final"),
+    "ln1": _norm("ln1", "ln1"),
+    "ln2": _norm("ln2", "ln2"),
+    "mlp_in": _simple("ln2", "hook_mlp_in", pre=True),
+    "mlp_pre": _simple("mlp_pre", "mlp.hook_pre"),
+    "mlp_pre_linear": _simple("mlp_in", "mlp.hook_pre_linear"),
+    "tokens": _tokens,
     "image_features": _image_features,
     "embed": _simple("embed_tokens", "hook_embed"),
     "pos_embed": _simple("pos_embed", "hook_pos_embed"),

@@ -10,7 +10,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import InputError, PositionError
+from ..errors import InputError, PositionError, TokenNotFoundError
+from .inputs import _is_text
 
 
 class Tokens:
@@ -18,10 +19,21 @@ class Tokens:
     ``tokens_to_residual_directions``."""
 
     def to_tokens(self, input: Any, images: Any = None, prepend_bos: bool | None = None,
-                  padding_side: str | None = None, move_to_device: bool = True) -> Int[Tensor, "batch pos"]:
-        """Token ids ``[batch, pos]`` of any input (text is padded on ``padding_side``, left by default; image
-        placeholders come out expanded into the image's tokens, as the model sees them)."""
-        ids = self.as_inputs(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side)["input_ids"]
+                  padding_side: str | None = None, move_to_device: bool = True,
+                  truncate: bool = False) -> Int[Tensor, "batch pos"]:
+        """Token ids ``[batch, pos]`` of any input (text is padded on ``padding_side``, default
+        ``model.tokenizer.padding_side``, left unless you change it; image placeholders come out expanded into the
+        image's tokens, as the model sees them).
+
+        ``truncate=True`` cuts text to ``cfg.n_ctx`` tokens, as TransformerLens does by default; ours is ``False``:
+        a prompt longer than the model reads raises ``ContextLengthError`` rather than losing its end (the query
+        and the delimiter a task vector is read at) without a word."""
+        if truncate and _is_text(input):
+            ids = self.prepare(input, images=images, prepend_bos=prepend_bos,
+                               padding_side=padding_side or self._default_padding_side(), truncate=True)["input_ids"]
+        else:
+            ids = self.as_inputs(input, images=images, prepend_bos=prepend_bos,
+                                 padding_side=padding_side)["input_ids"]
         return ids if move_to_device else ids.cpu()
 
     def to_str_tokens(self, input: Any, images: Any = None, prepend_bos: bool | None = None,
@@ -34,8 +46,8 @@ class Tokens:
                 ids = self.to_tokens(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side)
                 return [self.to_str_tokens(row) for row in ids]
             return [self.to_str_tokens(t, prepend_bos=prepend_bos) for t in input]
-        if isinstance(input, Tensor) and input.ndim == 1:
-            return [tokenizer.decode([t]) for t in input.tolist()]
+        if isinstance(input, Tensor) and (input.ndim == 1 or (input.ndim == 2 and input.shape[0] == 1)):
+            return [tokenizer.decode([t]) for t in input.flatten().tolist()]   # one row: TL squeezes the batch
         if isinstance(input, Sequence) and not isinstance(input, str) and all(isinstance(t, int) for t in input):
             return [tokenizer.decode([t]) for t in input]
         ids = self.to_tokens(input, images=images, prepend_bos=prepend_bos, padding_side=padding_side)
@@ -66,12 +78,34 @@ class Tokens:
                              f"{[self.tokenizer.decode([t]) for t in ids]}.")
         return int(ids[0])
 
+    def to_single_str_token(self, token: int) -> str:
+        """The string of one token id (TransformerLens)."""
+        decoded = self.to_str_tokens(torch.tensor([int(token)]))
+        return decoded[0]
+
+    def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
+        """Use another tokenizer (TransformerLens): its pad token defaults to EOS, ``default_padding_side`` (or
+        ``"left"``) becomes its padding side, and whether it puts a BOS first by itself is read again."""
+        from .weights import tokenizer_prepends_bos
+
+        side = default_padding_side or "left"
+        if side not in ("left", "right"):
+            raise InputError(f"default_padding_side={side!r}: use 'left' or 'right'.")
+        if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = side
+        self.tokenizer = tokenizer
+        habit = tokenizer_prepends_bos(tokenizer)
+        self.__dict__["_tokenizer_bos_habit"] = habit
+        self.cfg.default_prepend_bos = habit
+
     def get_token_position(self, single_token: str | int, input: Any, mode: str = "first",
                            prepend_bos: bool | None = None, padding_side: str | None = None) -> int:
         """Index of the first (``mode="first"``) or last occurrence of a token in a one-row input.
 
         Raises:
-            PositionError: the token does not occur; InputError: several rows.
+            TokenNotFoundError: the token does not occur (an ``AssertionError`` too, as TransformerLens raises);
+            InputError: several rows.
         """
         if mode not in ("first", "last"):
             raise PositionError(f"mode={mode!r}: use 'first' or 'last'.")
@@ -81,7 +115,7 @@ class Tokens:
             raise InputError(f"get_token_position takes one row; got {ids.shape[0]}.")
         hits = torch.nonzero(ids[0] == token).flatten()
         if hits.numel() == 0:
-            raise PositionError(f"Token {self.to_string(token)!r} (id {token}) does not occur in the input.")
+            raise TokenNotFoundError(f"Token {self.to_string(token)!r} (id {token}) does not occur in the input.")
         return int(hits[0] if mode == "first" else hits[-1])
 
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Float[Tensor, "... d_model"]:

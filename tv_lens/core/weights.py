@@ -22,8 +22,10 @@ class HookedModelConfig:
     Fields TransformerLens also has keep its meaning: ``d_mlp`` (MLP width), ``n_ctx`` (longest context the
     config declares), ``act_fn`` (``"silu"``, ``"gelu_new"``...), ``normalization_type`` (``"RMS"`` or ``"LN"``),
     ``positional_embedding_type`` (``"rotary"`` or ``"standard"``), ``n_key_value_heads`` (GQA),
-    ``default_prepend_bos`` (whether the tokenizer puts a BOS first by itself). ``None`` means the family has no
-    such thing.
+    ``use_hook_tokens`` (``names_filter=None`` caches ``hook_tokens``; the hook point works either way),
+    ``default_prepend_bos`` (whether text gets a leading BOS when ``prepend_bos`` is not given, as in
+    TransformerLens; it starts as whether the tokenizer puts one first by itself — TransformerLens starts at
+    ``True`` — and setting it changes the default). ``None`` means the family has no such thing.
     """
 
     model_name: str
@@ -47,6 +49,7 @@ class HookedModelConfig:
     default_prepend_bos: bool = False
     attn_only: bool = False
     final_rms: bool = False
+    use_hook_tokens: bool = False
 
     @property
     def d_vocab_out(self) -> int:
@@ -65,6 +68,17 @@ def _get(config, *names):
     return None
 
 
+def tokenizer_prepends_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS first by itself."""
+    if tokenizer is None or getattr(tokenizer, "bos_token_id", None) is None:
+        return False
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:   # noqa: BLE001 - a processor-only tokenizer that cannot run on bare text
+        return False
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 def tl_fields(text_config, final_norm, mods, tokenizer) -> dict:
     """The TransformerLens-named config fields read off an HF text config and modules."""
     norm = type(final_norm).__name__.lower()
@@ -73,13 +87,6 @@ def tl_fields(text_config, final_norm, mods, tokenizer) -> dict:
     if d_mlp is None and mlp_in is not None:
         weight = mlp_in.weight
         d_mlp = int(weight.shape[0] if isinstance(mlp_in, torch.nn.Linear) else weight.shape[1])
-    bos_first = False
-    if tokenizer is not None and getattr(tokenizer, "bos_token_id", None) is not None:
-        try:
-            ids = tokenizer("a")["input_ids"]
-            bos_first = bool(ids) and ids[0] == tokenizer.bos_token_id
-        except Exception:   # noqa: BLE001 - a processor-only tokenizer that cannot run on bare text
-            bos_first = False
     return dict(
         d_mlp=d_mlp,
         n_ctx=_get(text_config, "max_position_embeddings", "n_positions", "n_ctx"),
@@ -87,7 +94,7 @@ def tl_fields(text_config, final_norm, mods, tokenizer) -> dict:
         normalization_type="RMS" if "rms" in norm else "LN",
         positional_embedding_type="standard" if mods.pos_embed is not None else "rotary",
         n_key_value_heads=_get(text_config, "num_key_value_heads", "n_head", "num_attention_heads"),
-        default_prepend_bos=bos_first,
+        default_prepend_bos=tokenizer_prepends_bos(tokenizer),
         final_rms="rms" in norm,
     )
 
@@ -146,19 +153,3 @@ class Weights:
         if mlp_input:
             total = total + self.blocks[layer].attn.b_O
         return total
-
-    def unembed(self, resid: Float[Tensor, "... d_model"], normalize: bool = False) -> Float[Tensor, "... d_vocab"]:
-        """The unembedding, as TransformerLens's ``model.unembed``: ``resid @ W_U + b_U`` WITHOUT the final norm
-        (apply ``model.ln_final`` first, or pass ``normalize=True``), plus the logit soft-capping of families that
-        declare one, so ``unembed(ln_final(resid_post[-1]))`` reproduces the logits."""
-        if resid.shape[-1] != self.cfg.d_model:
-            from ..errors import VectorError
-
-            raise VectorError(f"Residual has width {resid.shape[-1]}, this model's d_model is {self.cfg.d_model}.")
-        head = self._mods.lm_head
-        resid = resid.to(device=head.weight.device, dtype=head.weight.dtype)
-        logits = head(self._mods.final_norm(resid) if normalize else resid)
-        cap = getattr(self.adapter.text_config(self.hf_model.config), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
