@@ -66,8 +66,12 @@ class Metric:
     :func:`logit_diff`, :func:`probability`, :func:`kl_divergence`, or wrap any ``logits -> [rows]`` function.
     """
 
-    def __init__(self, fn: Callable[..., Tensor], name: str, needs_clean: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Tensor], name: str, needs_clean: bool = False,
+                 expected: Sequence[tuple[int, str]] = ()) -> None:
         self.fn, self.name, self.needs_clean = fn, name, needs_clean
+        #: ``(token id, "clean" | "corrupted")``: the tokens the metric expects each prompt to predict; a token
+        #: with probability < :data:`LOW_PROBABILITY` there draws a warning (the wrong spelling of the answer?).
+        self.expected = tuple(expected)
 
     def __call__(self, logits: Float[Tensor, "rows d_vocab"],
                  clean_logits: Float[Tensor, " d_vocab"] | None = None) -> Float[Tensor, " rows"]:
@@ -96,7 +100,8 @@ def _as_metric(metric: Metric | Callable) -> Metric:
 
 
 def token_id(model, token: int | str) -> int:
-    """The id of ``token``: an int as is, a string by its FIRST token (write the leading space: ``" Paris"``).
+    """The id of ``token``: an int as is, a string by its FIRST token, spelled as given (``"Paris"`` and
+    ``" Paris"`` are different tokens in BPE vocabularies; :func:`answer_token` gives the one the template makes).
 
     Raises:
         InputError: a string that tokenizes to nothing.
@@ -109,16 +114,93 @@ def token_id(model, token: int | str) -> int:
     return int(ids[0])
 
 
+def answer_token(model, answer: str, template: Any = None) -> int:
+    """The id of the answer's FIRST token as the template writes it after the delimiter — the token the model
+    predicts next on a query in that template.
+
+    ``"qa"`` (the default, ``A:{y}``) puts no space before the answer, so on SmolLM2 ``answer_token(model, "Paris")``
+    is ``Paris``; ``"qa_space"`` (``A: {y}``) gives ``" Paris"``. Use it to build metrics::
+
+        metric = patching.logit_diff(model, patching.answer_token(model, "Paris"),
+                                     patching.answer_token(model, "Madrid"))
+
+    Args:
+        answer: the label, as in the task (``"Paris"``).
+        template: a :class:`~tv_lens.prompts.Template` or its name (default ``"qa"``), the one the prompts use.
+
+    Raises:
+        InputError: an answer that tokenizes to nothing.
+    """
+    from .prompts import get_template
+
+    tpl = get_template(template)
+    if not isinstance(answer, str) or not answer.strip():
+        raise InputError(f"answer must be a non-empty string (a task label); got {answer!r}.")
+    prefix = f"{tpl.question}x{tpl.answer}"
+    text = prefix + tpl.label_prefix + answer
+    tokenizer = model.tokenizer
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        offsets = None
+    if offsets is not None:
+        for token, (start, end) in zip(encoded["input_ids"], offsets):
+            if end > start and start >= len(prefix):
+                return int(token)
+    # slow tokenizers (no offsets), or a token that merges the delimiter with the answer: the answer on its own
+    return token_id(model, tpl.label_prefix + answer)
+
+
+#: A metric token whose probability on the prompt it should be predicted on is below this draws a warning.
+LOW_PROBABILITY = 1e-3
+
+
+def _token_label(model, token: int | str) -> str:
+    if isinstance(token, str) or getattr(model, "tokenizer", None) is None:
+        return repr(token)
+    return repr(model.tokenizer.decode([token]))
+
+
 def logit_diff(model, correct: int | str, wrong: int | str) -> Metric:
-    """``logits[correct] - logits[wrong]`` at the corrupted prompt's last token (tokens: ids or strings)."""
+    """``logits[correct] - logits[wrong]`` at the corrupted prompt's last token (tokens: ids or strings).
+
+    ``correct`` should be what the CLEAN prompt predicts and ``wrong`` what the corrupted one predicts; a patching
+    call warns when either has probability < 1e-3 there (build them with :func:`answer_token`)."""
     a, b = token_id(model, correct), token_id(model, wrong)
-    return Metric(lambda logits: logits[:, a] - logits[:, b], f"logit_diff({correct!r}, {wrong!r})")
+    return Metric(lambda logits: logits[:, a] - logits[:, b],
+                  f"logit_diff({_token_label(model, correct)}, {_token_label(model, wrong)})",
+                  expected=((a, "clean"), (b, "corrupted")))
 
 
 def probability(model, token: int | str) -> Metric:
-    """Softmax probability of ``token`` at the last token."""
+    """Softmax probability of ``token`` at the last token (a patching call warns when the CLEAN prompt gives it
+    probability < 1e-3: build it with :func:`answer_token`)."""
     t = token_id(model, token)
-    return Metric(lambda logits: logits.float().softmax(-1)[:, t], f"probability({token!r})")
+    return Metric(lambda logits: logits.float().softmax(-1)[:, t], f"probability({_token_label(model, token)})",
+                  expected=((t, "clean"),))
+
+
+def check_metric_tokens(model, metric: Metric, clean_logits: Float[Tensor, " d_vocab"],
+                        corrupted_logits: Float[Tensor, " d_vocab"]) -> dict[int, float]:
+    """Warn when a metric's token is unlikely where it should be predicted (probability < :data:`LOW_PROBABILITY`).
+
+    Returns:
+        ``{token id: probability}`` on the prompt each token is expected on.
+    """
+    probs = {"clean": clean_logits.float().softmax(-1), "corrupted": corrupted_logits.float().softmax(-1)}
+    seen: dict[int, float] = {}
+    for token, where in getattr(metric, "expected", ()):
+        p = float(probs[where][token])
+        seen[token] = p
+        if p < LOW_PROBABILITY:
+            top = int(probs[where].argmax())
+            warnings.warn(
+                f"Metric {metric.name}: token {_token_label(model, token)} has probability {p:.2g} on the {where} "
+                f"prompt, which predicts {_token_label(model, top)} (p={float(probs[where][top]):.2g}). Is the "
+                "answer spelled as the template writes it? patching.answer_token(model, label, template=...) gives "
+                "that token.", stacklevel=3)
+    return seen
 
 
 def kl_divergence() -> Metric:
@@ -250,10 +332,18 @@ class PatchingResult:
     @property
     def grid(self) -> Tensor:
         """Recovery as ``[layer, position]``, ``[layer, head]`` (one position column) or ``[layer, position, head]``."""
-        out = self.recovery
+        return self._squeeze(self.recovery)
+
+    @property
+    def score_grid(self) -> Tensor:
+        """The raw metric in :attr:`grid`'s shape: ``[layer, position]`` for a residual hook, as TransformerLens'
+        ``get_act_patch_resid_pre`` returns it (``scores`` keeps the head axis: ``[layer, position, 1]``)."""
+        return self._squeeze(self.scores)
+
+    def _squeeze(self, values: Tensor) -> Tensor:
         if self.heads is None:
-            return out[:, :, 0]
-        return out[:, 0, :] if len(self.positions) == 1 else out
+            return values[:, :, 0]
+        return values[:, 0, :] if len(self.positions) == 1 else values
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per cell: layer, position label, corrupted/clean positions, head, score, recovery."""
@@ -285,8 +375,8 @@ class PatchingResult:
         skipped = "" if self.computed is None or bool(self.computed.all()) else (
             f" ({int((~self.computed).sum())} no-op cells: clean = corrupted activation)")
         return (f"PatchingResult({self.method}, hook={self.hook}, {len(self.layers)} layers × "
-                f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, clean={self.clean_metric:.4g}, "
-                f"corrupted={self.corrupted_metric:.4g}, best recovery {float(self.recovery.flatten()[best]):.3f} "
+                f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, "
+                f"clean_metric={self.clean_metric:.4g}, corrupted_metric={self.corrupted_metric:.4g}, best recovery {float(self.recovery.flatten()[best]):.3f} "
                 f"at {where})")
 
     def _repr_html_(self) -> str:
@@ -531,6 +621,7 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
     with torch.no_grad():
         clean_metric = float(metric(clean_logits[None], clean_logits)[0])
         corrupted_metric = float(metric(corrupted_logits[None], clean_logits)[0])
+    check_metric_tokens(model, metric, clean_logits, corrupted_logits)
 
     cells = [(li, pi, hi) for li in range(len(grid.layers)) for pi in range(len(grid.pairs))
              for hi in range(n_heads) if computed[li, pi, hi]]
@@ -657,6 +748,7 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
             raise IncompatibleArgumentsError(f"{missing[:3]} did not run on the corrupted prompt.")
         grads = torch.autograd.grad(value.sum(), [zeros[name] for name in grid.names], allow_unused=True)
     corrupted_metric = float(value.detach()[0])
+    check_metric_tokens(model, metric, clean_logits, logits.detach()[0])
     with torch.no_grad():
         clean_metric = float(metric(clean_logits[None], clean_logits)[0])
     n_heads = len(grid.heads) if grid.heads is not None else 1
@@ -681,4 +773,5 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
 
 
 __all__ = ["HOOK_KINDS", "Metric", "PatchingResult", "PositionPair", "activation_patching", "align_positions",
-           "attribution_patching", "kl_divergence", "logit_diff", "probability", "token_id"]
+           "LOW_PROBABILITY", "answer_token", "attribution_patching", "check_metric_tokens", "kl_divergence",
+           "logit_diff", "probability", "token_id"]
