@@ -223,12 +223,32 @@ def sweep(sweep_result: Any, baselines: Mapping[str, Any] | None = None, title: 
             fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[level, level], mode="lines", name=name,
                                      legendgroup=name, showlegend=i == 0,
                                      line={"dash": "dot", "color": _color(b)}, meta={"task": task}), **where)
+        _constant_markers(fig, scores, task, i == 0, where)
         if best is not None:
             fig.add_vline(x=best, line_dash="dash", line_color="grey", **where)
     fig.update_yaxes(title_text="accuracy", col=1)
     fig.update_xaxes(title_text="layer", row=n_rows)
-    fig.update_layout(title=title or f"Accuracy per patched layer (selected layer: {best})", template="plotly_white")
+    note = sweep_result.constant_note() if hasattr(sweep_result, "constant_note") else ""
+    heading = title or f"Accuracy per patched layer (selected layer: {best})"
+    fig.update_layout(title=heading + (f"<br><sup>⚠ {note}</sup>" if note else ""), template="plotly_white")
     return fig
+
+
+def _constant_markers(fig: go.Figure, scores: pd.DataFrame, task: str, legend: bool, where: dict) -> None:
+    """Red crosses on the layers where one first answer covers ≥ 90% of the task's queries (any seed)."""
+    if "top_share" not in scores:
+        return
+    rows = scores[scores["task"] == task]
+    flagged = rows.groupby("layer").agg(accuracy=("accuracy", "mean"), top_share=("top_share", "max"),
+                                        top_answer=("top_answer", "first"))
+    flagged = flagged[flagged["top_share"] >= 0.9]
+    if flagged.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=flagged.index.tolist(), y=flagged["accuracy"].tolist(), mode="markers", name="one answer ≥ 90%",
+        legendgroup="constant", showlegend=legend, marker={"symbol": "x", "size": 10, "color": "crimson"},
+        text=[f"{a!r}: {s:.0%}" for a, s in zip(flagged["top_answer"], flagged["top_share"])],
+        hovertemplate="layer %{x}: answers %{text} of the queries<extra></extra>", meta={"task": task}), **where)
 
 
 def scaling(frame: pd.DataFrame, x: str | None = None, y: str = "accuracy", color: str = "method",
