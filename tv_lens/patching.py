@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from . import positions as _positions
 from .adapters import resolve_path
 from .errors import HookNameError, IncompatibleArgumentsError, InputError, PositionError
+from .patching_pairs import PairsPatchingResult, is_pair_list, over_pairs
 
 HOOK_KINDS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -404,11 +405,12 @@ def _prepare(model, prompt: Any) -> _Run:
         inputs = prompt
     else:
         raise InputError(f"A patching prompt is a Prompt, a string or a processed input dict; got "
-                         f"{type(prompt).__name__}. Patch one clean/corrupted pair per call.")
+                         f"{type(prompt).__name__}. For many pairs pass two lists of prompts.")
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise InputError(f"Patching compares ONE clean and ONE corrupted prompt; got input_ids of shape "
-                         f"{tuple(ids.shape)}. Loop over pairs (or average the results' frames).")
+                         f"{tuple(ids.shape)}. For many pairs pass two lists of prompts, clean[i] → corrupted[i] (one grid "
+                         "per pair, their mean and a 95% CI).")
     return _Run(inputs, model.positions(inputs), ids)
 
 
@@ -583,12 +585,21 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         progress: show a tqdm bar over the batched forwards.
 
     Returns:
-        :class:`PatchingResult` with ``scores`` / ``recovery`` ``[n_layers, n_positions, n_heads]``.
+        :class:`PatchingResult` with ``scores`` / ``recovery`` ``[n_layers, n_positions, n_heads]``; for lists of
+        prompts a :class:`~tv_lens.patching_pairs.PairsPatchingResult` (per-pair grids, mean, 95% CI per cell).
+
+    Many pairs: pass ``clean`` and ``corrupted`` as two lists of the same length (pair ``i`` = ``clean[i]`` →
+    ``corrupted[i]``, any mix of modalities) and ``metric`` as one metric or a list with one per pair; columns are
+    named positions (``positions=["delimiter", "query[-1]"]``), matched across pairs by name.
 
     Raises:
         PositionError: prompts that cannot be aligned as asked. HookNameError: a hook the family lacks.
         IncompatibleArgumentsError: ``hook="pattern"`` (read-only; patch ``"z"``), ``heads=`` with a non-head hook.
     """
+    if is_pair_list(clean, corrupted):
+        return over_pairs(activation_patching, model, clean, corrupted, metric, progress, hook=hook, layers=layers,
+                          positions=positions, heads=heads, max_rows=max_rows, max_tokens=max_tokens,
+                          skip_identical=skip_identical, progress=False)
     metric = _as_metric(metric)
     for name, value in (("max_rows", max_rows), ("max_tokens", max_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -723,8 +734,12 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
     restricted to its head): the first-order Taylor estimate of patching that cell. Good where the effect is
     roughly linear (small changes, late layers); check large effects with the exact grid.
 
-    Arguments, result and errors are those of :func:`activation_patching` (``method="attribution"``).
+    Arguments, result and errors are those of :func:`activation_patching` (``method="attribution"``), lists of
+    pairs included.
     """
+    if is_pair_list(clean, corrupted):
+        return over_pairs(attribution_patching, model, clean, corrupted, metric, False, hook=hook, layers=layers,
+                          positions=positions, heads=heads)
     metric = _as_metric(metric)
     clean_run, corrupted_run, grid, kind = _setup(model, clean, corrupted, hook, layers, positions, heads)
     clean_logits, clean_acts, _ = _capture(model, clean_run, grid.names)
@@ -772,6 +787,6 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
                    corrupted_run)
 
 
-__all__ = ["HOOK_KINDS", "Metric", "PatchingResult", "PositionPair", "activation_patching", "align_positions",
+__all__ = ["HOOK_KINDS", "Metric", "PairsPatchingResult", "PatchingResult", "PositionPair", "activation_patching", "align_positions",
            "LOW_PROBABILITY", "answer_token", "attribution_patching", "check_metric_tokens", "kl_divergence",
            "logit_diff", "probability", "token_id"]

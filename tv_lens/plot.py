@@ -408,48 +408,70 @@ def _patching_z(result: Any, value: str) -> Any:
 def patching_grid(result: Any, value: str = "recovery", head: int | None = None, title: str | None = None
                   ) -> go.Figure:
     """Layer × position heatmap of an activation- or attribution-patching grid; columns are labelled with the
-    corrupted prompt's tokens (or the position names), and image tokens are shaded.
+    corrupted prompt's tokens (indices such as ``-1`` with the token there too; named columns by their name), and
+    image tokens are outlined.
 
     Args:
-        result: a :class:`tv_lens.patching.PatchingResult`.
+        result: a :class:`tv_lens.patching.PatchingResult`, or a
+            :class:`~tv_lens.patching_pairs.PairsPatchingResult` (many pairs: the mean per cell, with its 95% CI
+            in the hover text; same colours).
         value: ``"recovery"`` (0 = corrupted, 1 = clean; diverging colours around 0) or ``"scores"`` (the metric).
         head: for per-head results, which head to show (default: the sum over heads of ``scores``, the recovery of
             patching them one at a time is not additive, so pick a head for ``"recovery"``).
     """
     z = _patching_z(result, value)
+    ci = getattr(result, "ci", None) if value == "recovery" else None
     if result.heads is not None:
         if head is None and value == "recovery":
             raise InputError("A per-head result: pass head=... (or plot it with patching_heads).")
-        z = z[:, :, result.heads.index(head)] if head is not None else z.sum(-1)
+        pick = (lambda t: t[:, :, result.heads.index(head)]) if head is not None else (lambda t: t.sum(-1))
     else:
-        z = z[:, :, 0]
-    tokens = list(result.corrupted_tokens)
-    labels = []
-    for pair in result.positions:
-        first = pair.corrupted[0]
-        if pair.label.split(":")[0].strip().isdigit() and first < len(tokens):
-            labels.append(f"{first} {show_token(tokens[first])}")
-        else:
-            labels.append(pair.label)
+        pick = (lambda t: t[:, :, 0])  # noqa: E731
+    z = pick(z)
+    labels = _position_labels(result)
     x = list(range(len(result.positions)))
     bound = float(z.nan_to_num().abs().max()) or 1.0
     colour = {"zmid": 0, "colorscale": "RdBu", "reversescale": True} if value == "recovery" else {
         "colorscale": "Viridis"}
+    if ci is not None:
+        half = pick(ci)
+        custom = [[f"{label} (± {float(h):.3f}, 95% CI over {len(result.pairs)} pairs)" for label, h in
+                   zip(labels, row)] for row in half]
+    else:
+        custom = [labels] * len(result.layers)
     fig = go.Figure(go.Heatmap(z=z.tolist(), x=x, y=list(result.layers), colorbar={"title": value},
-                               customdata=[labels] * len(result.layers),
+                               customdata=custom,
                                hovertemplate="layer %{y}, %{customdata}: %{z:.3f}<extra></extra>",
                                **({"zmin": -bound, "zmax": bound} if value == "recovery" else {}), **colour))
     for first, last in result.image_spans:
         columns = [i for i, pair in enumerate(result.positions) if first <= pair.corrupted[0] <= last]
-        if columns:
-            fig.add_vrect(x0=min(columns) - 0.5, x1=max(columns) + 0.5, fillcolor="gray", opacity=0.15,
-                          line_width=1, line_dash="dot", annotation_text="image", annotation_position="top left")
+        if columns:   # an outline, not a fill: a grey veil over a diverging scale reads as "less effect"
+            fig.add_shape(type="rect", xref="x", yref="paper", x0=min(columns) - 0.5, x1=max(columns) + 0.5,
+                          y0=0, y1=1, line={"color": "black", "width": 2, "dash": "dot"}, fillcolor="rgba(0,0,0,0)")
+            fig.add_annotation(x=min(columns) - 0.5, y=1, xref="x", yref="paper", text="image", showarrow=False,
+                               xanchor="left", yanchor="bottom")
     fig.update_xaxes(tickmode="array", tickvals=x, ticktext=labels, title_text="corrupted prompt position",
                      tickangle=-60)
     fig.update_yaxes(title_text="layer")
-    fig.update_layout(title=title or f"{result.method} patching of {result.hook} ({result.metric}): {value}",
+    pairs = f", mean over {len(result.pairs)} pairs" if hasattr(result, "pairs") else ""
+    fig.update_layout(title=title or f"{result.method} patching of {result.hook} ({result.metric}): {value}{pairs}",
                       template="plotly_white")
     return fig
+
+
+def _position_labels(result: Any) -> list[str]:
+    """Column labels: an index column (``"5: 'A'"``, ``"-1"``) shows its token, a named column its name."""
+    tokens = list(result.corrupted_tokens)
+    labels = []
+    for pair in result.positions:
+        first = pair.corrupted[0]
+        head = pair.label.split(":")[0].strip()
+        if head.lstrip("-").isdigit() and first < len(tokens):
+            prefix = head if head.startswith("-") else str(first)
+            labels.append(f"{prefix} {show_token(tokens[first])}")
+        else:
+            labels.append(pair.label)
+    return labels
 
 
 def patching_heads(result: Any, value: str = "recovery", position: int = 0, title: str | None = None
