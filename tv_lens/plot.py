@@ -85,15 +85,20 @@ def _band(rows: pd.DataFrame, spread: str | None) -> tuple[list[float], list[flo
     return low.clip(lower=0).tolist(), high.clip(lower=0).tolist()
 
 
-def phases(curves: Any, spread: str | None = "ci", title: str | None = None) -> go.Figure:
+def phases(curves: Any, spread: str | None = "ci", title: str | None = None, log_y: bool = False) -> go.Figure:
     """Figure 3: one line per token set (mean probability per layer) with a shaded band.
 
     Args:
         curves: a ``PhaseCurves``, or ``{panel title: PhaseCurves}`` for side-by-side panels (text vs image ICL).
         spread: ``"ci"`` (95% CI of the mean), ``"std"`` (± one standard deviation) or ``None``.
+        log_y: a logarithmic probability axis, for sets that peak far below the others (a task set at 3e-4 next
+            to an answer set at 0.3 is a flat line on a linear axis). Band edges at or below 0 are clipped to the
+            smallest positive value, since a log axis cannot draw them.
     """
     if spread not in SPREADS:
         raise InputError(f"spread must be one of {SPREADS}, not {spread!r}.")
+    if not isinstance(log_y, bool):
+        raise InputError(f"log_y must be True or False, not {log_y!r}.")
     panels = dict(curves) if isinstance(curves, Mapping) else {None: curves}
     if not panels:
         raise TaskError("Nothing to plot: no phase curves given.")
@@ -107,6 +112,9 @@ def phases(curves: Any, spread: str | None = "ci", title: str | None = None) -> 
             bounds = _band(rows, spread)
             if bounds is not None:
                 low, high = bounds
+                if log_y:
+                    floor = min([v for v in mean + low + high if v > 0], default=1e-12)
+                    low = [max(v, floor) for v in low]
                 fig.add_trace(go.Scatter(x=layers + layers[::-1], y=high + low[::-1], fill="toself", mode="lines",
                                          line={"width": 0}, fillcolor=_color(index, 0.2), hoverinfo="skip",
                                          showlegend=False, legendgroup=name, name=f"{name} ({spread})"),
@@ -116,7 +124,9 @@ def phases(curves: Any, spread: str | None = "ci", title: str | None = None) -> 
                                      hovertemplate="layer %{x}: %{y:.3f}<extra>" + name + "</extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="layer", row=1, col=col)
-    fig.update_yaxes(title_text="probability", row=1, col=1)
+    fig.update_yaxes(title_text="probability" + (" (log scale)" if log_y else ""), row=1, col=1)
+    if log_y:
+        fig.update_yaxes(type="log")
     fig.update_layout(title=title or "Token-set probability per layer (logit lens)", template="plotly_white")
     return fig
 
@@ -168,14 +178,29 @@ def lens_heatmap(lens: Any, row: int = 0, value: str = "prob", title: str | None
     z = grids[value][row][:, keep]                                  # [layer, pos]
     text = [[show_token(lens.token_strings[int(lens.top_ids[row, li, p, 0])]) for p in keep]
             for li in range(len(lens.layers))]
-    fig = go.Figure(go.Heatmap(z=z.tolist(), x=list(range(len(keep))), y=list(lens.layers), text=text,
-                               texttemplate="%{text}", colorscale="Blues", colorbar={"title": value},
-                               hovertemplate="layer %{y}, position %{x}: %{text} (%{z:.3f})<extra></extra>"))
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(keep))),
-                     ticktext=[show_token(lens.input_tokens[row][p]) for p in keep], title_text="input token")
+    # Cell text stays readable: wide enough columns (60 px, 36 px past 30 positions, with tokens cut to 5
+    # characters there), a row height per layer, and past MAX_CELL_TEXT_COLUMNS positions tokens in the hover only.
+    n_pos, n_layers = len(keep), len(lens.layers)
+    show_text, narrow = n_pos <= MAX_CELL_TEXT_COLUMNS, n_pos > 30
+    cells = [[t if not narrow or len(t) <= 5 else t[:4] + "…" for t in layer] for layer in text]
+    column = 36 if narrow else 60
+    fig = go.Figure(go.Heatmap(z=z.tolist(), x=list(range(n_pos)), y=list(lens.layers), text=cells,
+                               customdata=text, texttemplate="%{text}" if show_text else None,
+                               textfont={"size": 8 if narrow else 10}, colorscale="Blues", colorbar={"title": value},
+                               hovertemplate="layer %{y}, position %{x}: %{customdata} (%{z:.3f})<extra></extra>"))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(n_pos)),
+                     ticktext=[show_token(lens.input_tokens[row][p]) for p in keep], title_text="input token",
+                     tickangle=-60, tickfont={"size": 8 if narrow else 10})
     fig.update_yaxes(title_text="layer")
-    fig.update_layout(title=title or f"Logit lens, top-1 decoding (colour: {value})", template="plotly_white")
+    fig.update_layout(title=title or f"Logit lens, top-1 decoding (colour: {value})"
+                      + ("" if show_text else f" — hover for tokens ({n_pos} positions)"),
+                      template="plotly_white", width=max(700, column * n_pos + 200) if show_text else 1400,
+                      height=max(400, 22 * n_layers + 200))
     return fig
+
+
+#: ``lens_heatmap`` writes each cell's top-1 token up to this many position columns; beyond, tokens are in the hover.
+MAX_CELL_TEXT_COLUMNS = 80
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
