@@ -1,6 +1,6 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
-from . import geometry, heads, hooks, lens, patching, plot, positions, prompts, protocol, tasks
+from . import geometry, heads, hooks, lens, patching, plot, positions, progress, prompts, protocol, tasks
 from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
@@ -32,6 +32,7 @@ __all__ = [
     "patching",
     "plot",
     "positions",
+    "progress",
     "prompts",
     "protocol",
     "sample_efficiency",

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
 from .protocol import check_vector, demo_pool, format_ci, mean_ci, other_modality, vectors_for_methods

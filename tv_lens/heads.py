@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .errors import IncompatibleArgumentsError, InputError, LayerOutOfRangeError, TaskError, VectorError
 from .hooks import PositionHook

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .errors import InputError, TaskError
 from .prompts import Prompt, encode

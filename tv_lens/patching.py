@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import positions as _positions
 from .adapters import resolve_path

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .errors import InputError, PositionError
 from .lens import t_quantile_975

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .errors import LayerOutOfRangeError, TaskError, VectorError
 from .prompts import Prompt, encode, instruction
