@@ -392,10 +392,12 @@ def cie_heatmap(result: Any, top: int = 10, title: str | None = None) -> go.Figu
 # ---------------------------------------------------------------------------------------------- files
 def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) -> Path:
     """Write a figure: ``.html`` (self-contained: opens offline; ``include_plotlyjs="cdn"`` for a small file), or
-    ``.png`` / ``.svg`` / ``.pdf`` / ``.jpg`` / ``.webp`` when kaleido is installed.
+    ``.png`` / ``.svg`` / ``.pdf`` / ``.jpg`` / ``.webp`` when kaleido is installed — and, for kaleido ≥ 1, a Chrome
+    or Chromium browser that it drives (system package, or ``plotly_get_chrome`` once).
 
     Raises:
-        ModuleNotFoundError: an image format without kaleido (``pip install kaleido``, or save ``.html``).
+        ModuleNotFoundError: an image format without kaleido (``pip install kaleido`` plus a Chromium, or save
+            ``.html``).
         InputError: another extension.
     """
     path = Path(path)
@@ -408,8 +410,9 @@ def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) 
         return atomic_save(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=include_plotlyjs))
     if suffix in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
         if importlib.util.find_spec("kaleido") is None:
-            raise ModuleNotFoundError(f"Saving {suffix} needs kaleido (`pip install kaleido`); save as .html "
-                                      "instead, which needs nothing.")
+            raise ModuleNotFoundError(f"Saving {suffix} needs kaleido (`pip install kaleido`) and a Chrome/Chromium "
+                                      "browser for it to drive (system package, or `plotly_get_chrome`); save as "
+                                      ".html instead, which needs nothing.")
         return atomic_save(path, lambda tmp: fig.write_image(tmp))
     raise InputError(f"Cannot save a figure as {suffix or 'a file without extension'!r}; use .html or .png.")
 
