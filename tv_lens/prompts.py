@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -303,11 +304,15 @@ class PromptBatch(dict):
         Specs: ``"delimiter"``, ``"delimiter[k]"``, ``"query"``, ``"query[k]"``, ``"image[j]"``, ``"last"``, ints,
         lists, per-row tensors (see :mod:`tv_lens.positions`). Raises ``PositionError`` when it does not occur.
         """
-        model = getattr(self, "_model", None)
+        return resolve_position(spec, self._model_of().positions(self))
+
+    def _model_of(self) -> Any:
+        ref = getattr(self, "_model", None)
+        model = ref() if ref is not None else None
         if model is None:
-            raise InputError("This PromptBatch was not made by tv_lens.prompts.encode(model, prompts); encode the "
-                             "prompts to resolve positions.")
-        return resolve_position(spec, model.positions(self))
+            raise InputError("This PromptBatch was not made by tv_lens.prompts.encode(model, prompts) (or its model "
+                             "is gone); encode the prompts to resolve positions.")
+        return model
 
     def position_names(self, row: int = 0) -> dict[str, Any]:
         """The named positions of one row under the specs' names: ``{"delimiter": 17, "delimiter[0]": 5, ...,
@@ -320,11 +325,10 @@ class PromptBatch(dict):
             out[f"delimiter[{k}]"] = index
         if "query" in named:
             out["query"] = list(named["query"])
-        positions = self._model.positions(self) if getattr(self, "_model", None) is not None else None
-        if positions is not None:
-            out["last"] = int(positions.last[row])
-            for j, span in enumerate(positions.images[row]):
-                out[f"image[{j}]"] = span.tolist()
+        positions = self._model_of().positions(self)
+        out["last"] = int(positions.last[row])
+        for j, span in enumerate(positions.images[row]):
+            out[f"image[{j}]"] = span.tolist()
         return out
 
 
@@ -345,7 +349,7 @@ def encode(model, prompts: Prompt | Sequence[Prompt]) -> PromptBatch:
     inputs = model.prepare(texts, images=images if any(images) else None)
     batch = PromptBatch(inputs)
     batch.prompts = prompts
-    batch._model = model
+    batch._model = weakref.ref(model)   # positions need the model; a weak reference keeps copies of the batch light
     batch.named_positions = [_named_positions(model, text, marks, ids, mask)
                              for (text, marks), ids, mask in zip(rendered, inputs["input_ids"],
                                                                  inputs["attention_mask"])]
