@@ -173,9 +173,19 @@ class EvalResult:
         layout of the paper's Table 3. Rows are methods, ``"method [label]"`` for labelled runs.
 
         Args:
+            metric: ``"accuracy"`` (the paper's first-token score, default) or ``"exact_match"`` (the whole greedy
+                answer, up to the first newline, equals the label).
             ci: cells as strings ``"mean ± half-width"`` of the 95% confidence interval over seeds (Student t).
+
+        Raises:
+            InputError: a metric the scores do not hold.
         """
         scores = self._rows()
+        if metric not in scores.columns or metric in ("task", "method", "run", "seed", "row", "layer", "n"):
+            from .errors import InputError
+
+            raise InputError(f"metric must be 'accuracy' (first token) or 'exact_match' (whole answer), not "
+                             f"{metric!r}.")
         per_seed = scores.pivot_table(index=["row", "seed"], columns="task", values=metric, aggfunc="mean",
                                       sort=False)
         per_seed["Avg"] = per_seed.mean(axis=1, skipna=False)
