@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-_SPEC = importlib.util.spec_from_file_location("bench_run", Path(__file__).resolve().parents[1] / "benchmarks" / "run.py")
+_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+_SPEC = importlib.util.spec_from_file_location("bench_run", _RUN)
 bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)
 

@@ -288,7 +288,8 @@ def test_layer_lens_frame_shows_the_top_k_it_was_asked_for(tiny):
     for rank in range(5):
         ids = result.top_ids[:, :, 0, rank].reshape(-1).tolist()
         assert frame[f"top{rank + 1}"].tolist() == [result.token_strings[i] for i in ids]
-        assert frame[f"top{rank + 1}_prob"].tolist() == pytest.approx(result.top_probs[:, :, 0, rank].reshape(-1).tolist())
+        probs = result.top_probs[:, :, 0, rank].reshape(-1).tolist()
+        assert frame[f"top{rank + 1}_prob"].tolist() == pytest.approx(probs)
     assert "top3" not in result.to_frame(k=2) and "top2" in result.to_frame(k=2)
     with pytest.raises(InputError, match="larger k"):
         result.to_frame(k=6)

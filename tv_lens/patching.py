@@ -377,7 +377,8 @@ class PatchingResult:
             f" ({int((~self.computed).sum())} no-op cells: clean = corrupted activation)")
         return (f"PatchingResult({self.method}, hook={self.hook}, {len(self.layers)} layers × "
                 f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, "
-                f"clean_metric={self.clean_metric:.4g}, corrupted_metric={self.corrupted_metric:.4g}, best recovery {float(self.recovery.flatten()[best]):.3f} "
+                f"clean_metric={self.clean_metric:.4g}, corrupted_metric={self.corrupted_metric:.4g}, "
+                f"best recovery {float(self.recovery.flatten()[best]):.3f} "
                 f"at {where})")
 
     def _repr_html_(self) -> str:
@@ -409,8 +410,8 @@ def _prepare(model, prompt: Any) -> _Run:
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise InputError(f"Patching compares ONE clean and ONE corrupted prompt; got input_ids of shape "
-                         f"{tuple(ids.shape)}. For many pairs pass two lists of prompts, clean[i] → corrupted[i] (one grid "
-                         "per pair, their mean and a 95% CI).")
+                         f"{tuple(ids.shape)}. For many pairs pass two lists of prompts, clean[i] → corrupted[i] "
+                         "(one grid per pair, their mean and a 95% CI).")
     return _Run(inputs, model.positions(inputs), ids)
 
 
@@ -787,6 +788,6 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
                    corrupted_run)
 
 
-__all__ = ["HOOK_KINDS", "Metric", "PairsPatchingResult", "PatchingResult", "PositionPair", "activation_patching", "align_positions",
-           "LOW_PROBABILITY", "answer_token", "attribution_patching", "check_metric_tokens", "kl_divergence",
-           "logit_diff", "probability", "token_id"]
+__all__ = ["HOOK_KINDS", "LOW_PROBABILITY", "Metric", "PairsPatchingResult", "PatchingResult", "PositionPair",
+           "activation_patching", "align_positions", "answer_token", "attribution_patching", "check_metric_tokens",
+           "kl_divergence", "logit_diff", "probability", "token_id"]
