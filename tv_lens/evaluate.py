@@ -38,9 +38,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from .progress import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
+from .progress import tqdm
 from .protocol import check_vector, demo_pool, format_ci, mean_ci, other_modality, vectors_for_methods
 from .prompts import Prompt, Template, encode, icl, queries, sample_demos
 from .vectors import TaskVector

@@ -37,9 +37,9 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from .progress import tqdm
 
 from .errors import InputError, TaskError
+from .progress import tqdm
 from .prompts import Prompt, encode
 from .vectors import TaskVector
 

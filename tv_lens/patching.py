@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from .progress import tqdm
 
 from . import positions as _positions
 from .adapters import resolve_path
 from .errors import HookNameError, IncompatibleArgumentsError, InputError, PositionError
 from .patching_pairs import PairsPatchingResult, is_pair_list, over_pairs
+from .progress import tqdm
 
 HOOK_KINDS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from .progress import tqdm
 
 from .errors import InputError, PositionError
 from .lens import t_quantile_975
+from .progress import tqdm
 
 
 @dataclass
