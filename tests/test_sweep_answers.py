@@ -22,26 +22,28 @@ PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Chad", "Nd
          ("Cuba", "Havana"), ("Fiji", "Suva"), ("Mali", "Bamako"), ("Oman", "Muscat"), ("Laos", "Vientiane")]
 
 
-def _frame(shares):
-    """One task, one seed; per layer (accuracy, answers)."""
-    return pd.DataFrame([{"task": "t", "seed": 0, "layer": layer, "accuracy": acc, "distinct_answers": d,
-                          "top_answer": top, "top_share": share}
-                         for layer, (acc, d, top, share) in enumerate(shares)])
+def _result(shares, best):
+    """One task, one seed; per layer (accuracy, distinct answers, top answer, its share)."""
+    scores = pd.DataFrame([{"task": "t", "seed": 0, "layer": layer, "accuracy": acc}
+                           for layer, (acc, _, _, _) in enumerate(shares)])
+    answers = pd.DataFrame([{"task": "t", "seed": 0, "layer": layer, "distinct_answers": d, "top_answer": top,
+                             "top_share": share} for layer, (_, d, top, share) in enumerate(shares)])
+    return SweepResult(scores, best, answers)
 
 
 def test_constant_best_layer_is_named_by_repr_and_plot():
-    result = SweepResult(_frame([(0.1, 9, "a", 0.2), (0.2, 4, "b", 0.5), (0.6, 1, "Europe", 1.0)]), best=2)
+    result = _result([(0.1, 9, "a", 0.2), (0.2, 4, "b", 0.5), (0.6, 1, "Europe", 1.0)], best=2)
     assert result.constant_layers() == [2] and result.best_is_constant
     assert "Europe" in repr(result) and "100%" in repr(result) and "Europe" in result._repr_html_()
     fig = plot.sweep(result)
     crosses = [t for t in fig.data if t.name == "one answer ≥ 90%"]
     assert len(crosses) == 1 and list(crosses[0].x) == [2] and list(crosses[0].y) == [0.6]
     assert "Europe" in fig.layout.title.text
-    healthy = SweepResult(_frame([(0.1, 9, "a", 0.2), (0.6, 6, "b", 0.3), (0.2, 1, "c", 0.95)]), best=1)
+    healthy = _result([(0.1, 9, "a", 0.2), (0.6, 6, "b", 0.3), (0.2, 1, "c", 0.95)], best=1)
     assert not healthy.best_is_constant and "WARNING" not in repr(healthy)
     assert healthy.constant_layers() == [2] and "⚠" not in plot.sweep(healthy).layout.title.text
-    # frames without answer counts (hand-built, older runs) still work
-    bare = SweepResult(_frame([(0.1, 1, "a", 1.0)]).drop(columns=["distinct_answers", "top_answer", "top_share"]), 0)
+    # results without answer counts (a scores frame read back from a CSV) still work
+    bare = SweepResult(_result([(0.1, 1, "a", 1.0)], 0).scores, 0)
     assert bare.constant_layers() == [] and not bare.best_is_constant
     assert [t.name for t in plot.sweep(bare).data] == ["patched"]
 
@@ -56,7 +58,7 @@ def test_layer_sweep_counts_the_answers_it_scored():
         sweep = tvl.layer_sweep(model, vec, items, seeds=(0,), progress=False)
     first = _sweep_first_tokens(model, P.queries(items), vec, list(vec.layers), "replace", 256, False, "")
     for g, layer in enumerate(vec.layers):
-        row = sweep.scores[sweep.scores["layer"] == layer].iloc[0]
+        row = sweep.answers[sweep.answers["layer"] == layer].iloc[0]
         counts = Counter(a.strip() for a in first[g])
         assert row["distinct_answers"] == len(counts)
         assert row["top_share"] == pytest.approx(counts.most_common(1)[0][1] / len(items))

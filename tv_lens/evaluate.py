@@ -334,14 +334,15 @@ class SweepResult:
     """Accuracy per layer (``scores``: task × seed × layer) and the chosen ``best`` layer.
 
     A first-token sweep can reward a layer where every patched query gives the SAME answer (all ``Europe``, all
-    starting with ``S``): it scores the label's share. ``scores`` therefore also counts, per task × seed × layer,
-    the ``distinct_answers`` (first tokens) and the ``top_share`` of the most common one (``top_answer``);
+    starting with ``S``): it scores the label's share. ``answers`` therefore counts, per task × seed × layer, the
+    ``distinct_answers`` (first tokens) and the ``top_share`` of the most common one (``top_answer``);
     :meth:`constant_layers` lists the layers where one answer covers ≥ 90% of the queries, and the repr, the sweep
     plot and ``layer_sweep``'s warning say when the best layer is one of them.
     """
 
     scores: pd.DataFrame
     best: int
+    answers: pd.DataFrame | None = None
 
     #: A layer whose most common first answer covers at least this share of the queries answers a constant.
     CONSTANT_SHARE = 0.9
@@ -353,11 +354,11 @@ class SweepResult:
 
     def answers_by_layer(self) -> pd.DataFrame:
         """Per layer: ``distinct_answers`` (mean over tasks and seeds), ``top_share`` (the largest over tasks and
-        seeds) and the ``top_answer`` that has it. Empty when the scores carry no answer counts (a frame built by
-        hand or read from an older run)."""
-        if "top_share" not in self.scores:
+        seeds) and the ``top_answer`` that has it. Empty without answer counts (a result built from a scores frame
+        alone, e.g. read back from a CSV)."""
+        if self.answers is None or self.answers.empty:
             return pd.DataFrame(columns=["distinct_answers", "top_share", "top_answer"])
-        frame = self.scores.sort_values("top_share", ascending=False)
+        frame = self.answers.sort_values("top_share", ascending=False)
         grouped = frame.groupby("layer")
         return pd.DataFrame({"distinct_answers": grouped["distinct_answers"].mean(),
                              "top_share": grouped["top_share"].max(), "top_answer": grouped["top_answer"].first()})
@@ -462,8 +463,7 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict | Any, i
     items_df = pd.DataFrame(rows)
     scores = items_df.groupby(["task", "seed", "layer"], as_index=False)["correct"].mean().rename(
         columns={"correct": "accuracy"})
-    scores = scores.merge(_answer_counts(items_df), on=["task", "seed", "layer"])
-    result = SweepResult(scores=scores, best=0)
+    result = SweepResult(scores=scores, best=0, answers=_answer_counts(items_df))
     result.best = best_layer(result.accuracy_by_layer())
     if result.best_is_constant:
         warnings.warn(f"layer_sweep: {result.constant_note()}. Check result.answers_by_layer() and compare with "

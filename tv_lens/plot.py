@@ -248,7 +248,7 @@ def sweep(sweep_result: Any, baselines: Mapping[str, Any] | None = None, title: 
             fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[level, level], mode="lines", name=name,
                                      legendgroup=name, showlegend=i == 0,
                                      line={"dash": "dot", "color": _color(b)}, meta={"task": task}), **where)
-        _constant_markers(fig, scores, task, i == 0, where)
+        _constant_markers(fig, rows, getattr(sweep_result, "answers", None), task, i == 0, where)
         if best is not None:
             fig.add_vline(x=best, line_dash="dash", line_color="grey", **where)
     fig.update_yaxes(title_text="accuracy", col=1)
@@ -259,14 +259,14 @@ def sweep(sweep_result: Any, baselines: Mapping[str, Any] | None = None, title: 
     return fig
 
 
-def _constant_markers(fig: go.Figure, scores: pd.DataFrame, task: str, legend: bool, where: dict) -> None:
+def _constant_markers(fig: go.Figure, accuracy: pd.DataFrame, answers: pd.DataFrame | None, task: str,
+                      legend: bool, where: dict) -> None:
     """Red crosses on the layers where one first answer covers ≥ 90% of the task's queries (any seed)."""
-    if "top_share" not in scores:
+    if answers is None or answers.empty:
         return
-    rows = scores[scores["task"] == task]
-    flagged = rows.groupby("layer").agg(accuracy=("accuracy", "mean"), top_share=("top_share", "max"),
-                                        top_answer=("top_answer", "first"))
-    flagged = flagged[flagged["top_share"] >= 0.9]
+    mine = answers[answers["task"] == task].sort_values("top_share", ascending=False)
+    flagged = mine.groupby("layer").agg(top_share=("top_share", "max"), top_answer=("top_answer", "first"))
+    flagged = flagged[flagged["top_share"] >= 0.9].join(accuracy.set_index("layer")["accuracy"])
     if flagged.empty:
         return
     fig.add_trace(go.Scatter(
