@@ -65,6 +65,33 @@ def _logits(out):
     return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
 
 
+#: A peer whose numbers differ from ours by more than this did not compute the same thing: the run stops.
+PEER_TOLERANCE = 1e-3
+
+
+def one_position(cache: torch.Tensor) -> torch.Tensor:
+    """A one-position cache as ``[batch, d]``: ours keeps the position axis (``[batch, 1, d]``), a peer's
+    ``pos_slice=-1`` / ``[:, -1]`` drops it (``[batch, d]``)."""
+    if cache.ndim == 3 and cache.shape[1] == 1:
+        return cache[:, 0]
+    if cache.ndim != 2:
+        raise ValueError(f"a one-position cache is [batch, d] or [batch, 1, d]; got {tuple(cache.shape)}")
+    return cache
+
+
+def max_difference(what: str, ours: torch.Tensor, theirs: torch.Tensor, tolerance: float = PEER_TOLERANCE) -> float:
+    """``max |ours - theirs|`` of two tensors of the SAME shape (never broadcast); raises when the shapes differ or
+    the difference is over ``tolerance`` — a peer that computes something else must not be timed beside us."""
+    if tuple(ours.shape) != tuple(theirs.shape):
+        raise ValueError(f"{what}: shapes differ, ours {tuple(ours.shape)} vs {tuple(theirs.shape)}; compare like "
+                         "with like")
+    diff = (ours.float() - theirs.float()).abs().max().item()
+    if not diff <= tolerance:
+        raise ValueError(f"{what}: max abs. difference {diff:.3g} > {tolerance:g}: the peer does not compute the "
+                         "same thing, its timing would not be comparable")
+    return diff
+
+
 @torch.no_grad()
 def forward_rows(model, batch, name: str, repeats: int, peers: dict | None = None) -> None:
     """No-hook forward, one patch hook, and a one-position cache of every layer's resid_post, against raw HF.
@@ -97,13 +124,12 @@ def forward_rows(model, batch, name: str, repeats: int, peers: dict | None = Non
     ref_cache = ours["cache"]()[1]
     real = batch["attention_mask"].bool()
     for peer, ops in working.items():
-        diff_patch = (_logits(ops["patch"]()) - ref_patch)[real].abs().max().item()
+        diff_patch = max_difference(f"{peer} patched logits", ref_patch[real], _logits(ops["patch"]())[real])
         cached = ops["cache"]()
         if isinstance(cached, tuple):  # bridge: (logits, ActivationCache)
-            cached = [cached[1][f"blocks.{l}.hook_resid_post"].reshape(ref_patch.shape[0], -1)
-                      for l in range(model.cfg.n_layers)]
-        diff_cache = max((c.reshape(ref_patch.shape[0], -1) - ref_cache["resid_post", l]).abs().max().item()
-                         for l, c in enumerate(cached))
+            cached = [cached[1][f"blocks.{l}.hook_resid_post"] for l in range(model.cfg.n_layers)]
+        diff_cache = max(max_difference(f"{peer} cache of layer {l}", one_position(ref_cache["resid_post", l]),
+                                        one_position(c)) for l, c in enumerate(cached))
         check[peer] = f"{peer}: max abs. diff patched logits {diff_patch:.1e}, cache {diff_cache:.1e}"
     note = "; ".join(check.values())
     labels = {"noop": "forward, no hooks (hooked / raw HF)", "patch": "forward, one patch hook at the last token",

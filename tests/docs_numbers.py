@@ -19,6 +19,8 @@ GENERATED_TABLES = [
      "| model | measurement | baseline | tv_lens | tv_lens ratio | TransformerBridge ratio | nnsight ratio | note |"),
     ("docs/patching.md", "benchmarks/results/patching.md",
      "| method | seconds for the grid | × the exact grid's time | note |"),
+    ("docs/patching.md", "benchmarks/results/patching_pairs.md",
+     "| what | seconds | × FLOP floor | × floor + unpatched forwards | note |"),
 ]
 
 

@@ -279,6 +279,22 @@ def test_lens_over_layers_all_positions_marks_padding(tiny):
     assert len(result.top1(1)) == 2 and len(result.top1(1)[0]) == result.positions.shape[1]
 
 
+
+@torch.no_grad()
+def test_layer_lens_frame_shows_the_top_k_it_was_asked_for(tiny):
+    _, hooked = tiny
+    result = lens.lens_over_layers(hooked, ["Q:ab\nA:", "Q:abc\nA:"], k=5, progress=False)
+    frame = result.to_frame()
+    for rank in range(5):
+        ids = result.top_ids[:, :, 0, rank].reshape(-1).tolist()
+        assert frame[f"top{rank + 1}"].tolist() == [result.token_strings[i] for i in ids]
+        probs = result.top_probs[:, :, 0, rank].reshape(-1).tolist()
+        assert frame[f"top{rank + 1}_prob"].tolist() == pytest.approx(probs)
+    assert "top3" not in result.to_frame(k=2) and "top2" in result.to_frame(k=2)
+    with pytest.raises(InputError, match="larger k"):
+        result.to_frame(k=6)
+
+
 @torch.no_grad()
 def test_decode_vector_matches_top_k(tiny, prompts):
     _, hooked = tiny

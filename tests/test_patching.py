@@ -292,6 +292,7 @@ def test_plots_label_tokens_and_mark_image_spans():
     first, last = result.image_spans[0]
     assert len(fig.layout.shapes) == 1
     assert (fig.layout.shapes[0].x0, fig.layout.shapes[0].x1) == (first - 0.5, last + 0.5)
+    assert fig.layout.shapes[0].fillcolor == "rgba(0,0,0,0)"   # outlined, not greyed out (issue 27)
     heads = patching.activation_patching(hooked, clean, corrupted, metric, hook="z", positions=[-1], progress=False)
     head_fig = plot.patching_heads(heads)
     assert len(head_fig.data[0].z) == hooked.cfg.n_layers and len(head_fig.data[0].z[0]) == hooked.cfg.n_heads

@@ -202,3 +202,37 @@ def test_save_html_and_png_rule(tmp_path):
             plot.save(fig, tmp_path / "phases.png")
     with pytest.raises(InputError, match=".txt"):
         plot.save(fig, tmp_path / "phases.txt")
+
+
+def test_phases_log_y_shows_sets_that_peak_far_below_the_others():
+    curves = _curves()
+    fig = plot.phases(curves, log_y=True)
+    assert fig.layout.yaxis.type == "log" and "log" in fig.layout.yaxis.title.text
+    for band in [t for t in fig.data if t.fill == "toself"]:
+        assert min(band.y) > 0                                        # a log axis cannot draw 0
+    assert plot.phases(curves).layout.yaxis.type != "log"
+    with pytest.raises(InputError, match="log_y"):
+        plot.phases(curves, log_y="yes")
+
+
+def _wide_lens(n_pos):
+    top_ids = torch.arange(3 * n_pos).reshape(1, 3, n_pos, 1) % 4
+    strings = {0: " capital", 1: "\n", 2: "Paris", 3: "Montevideo"}
+    return lens.LayerLens(layers=[0, 1, 2], top_ids=top_ids, top_probs=torch.rand(1, 3, n_pos, 1),
+                          entropy=torch.rand(1, 3, n_pos), positions=torch.arange(n_pos)[None],
+                          valid=torch.ones(1, n_pos, dtype=torch.bool), input_tokens=[["x"] * n_pos],
+                          token_strings=strings)
+
+
+def test_lens_heatmap_stays_readable_at_75_positions():
+    result = _wide_lens(75)
+    (heat,) = plot.lens_heatmap(result).data
+    fig = plot.lens_heatmap(result)
+    assert fig.layout.width >= 36 * 75                                # a column wide enough for 5 characters
+    assert max(len(t) for row in heat.text for t in row) <= 5         # cut cell text ...
+    assert "Montevideo" in {t for row in heat.customdata for t in row}  # ... full token in the hover
+    assert heat.texttemplate == "%{text}" and heat.textfont.size == 8
+    few = plot.lens_heatmap(_wide_lens(10)).data[0]
+    assert "Montevideo" in {t for row in few.text for t in row}
+    many = plot.lens_heatmap(_wide_lens(plot.MAX_CELL_TEXT_COLUMNS + 1))
+    assert many.data[0].texttemplate is None and "hover" in many.layout.title.text

@@ -16,7 +16,7 @@ from helpers import items as make_items
 
 import tv_lens as tvl
 from tv_lens import prompts as P
-from tv_lens.errors import IncompatibleArgumentsError, TaskError, VectorError
+from tv_lens.errors import IncompatibleArgumentsError, InputError, TaskError, VectorError
 from tv_lens.evaluate import SweepResult, predict
 from tv_lens.protocol import mean_ci
 from tv_lens.testing import tiny_model
@@ -122,6 +122,16 @@ def test_tables_are_mean_over_seeds_with_95_percent_ci():
     assert result.table(ci=True).loc["xpatch", "a"] == f"0.500 ± {4.303 * 0.3605551 / math.sqrt(3):.3f}"
     assert "±" in repr(result) and "±" in result._repr_html_()
     assert math.isnan(mean_ci([0.5])[1])
+
+
+def test_table_exact_match_is_the_whole_answer_score_and_unknown_metrics_raise():
+    scores = pd.DataFrame([{"task": "a", "method": "patch", "run": None, "seed": s, "accuracy": 0.5,
+                            "exact_match": e} for s, e in [(0, 0.1), (1, 0.3)]])
+    result = tvl.EvalResult(scores, pd.DataFrame())
+    assert result.table(metric="exact_match").loc["patch", "a"] == pytest.approx(0.2)
+    assert result.table().loc["patch", "a"] == pytest.approx(0.5)
+    with pytest.raises(InputError, match="exact_match"):
+        result.table(metric="first_token")
 
 
 def test_evaluate_and_sweep_default_to_the_papers_three_seeds(llama):

@@ -222,6 +222,24 @@ def test_with_images_keeps_splits_consistent():
     assert len(img.val) > 0 and len(img.test) > len(img.val) and len(img.train) >= 5
 
 
+def test_image_resplit_warns_on_user_data_only():
+    import dataclasses
+    import warnings
+
+    shipped = T.load("animal-latin")                    # its images all fell into val/test: with_images re-splits
+    assert shipped.shipped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = shipped.with_images()
+    assert not [w for w in caught if "re-split" in str(w.message)]
+    assert len(img.train) >= 5 and not (set(img.train) & (set(img.val) | set(img.test)))
+    user = dataclasses.replace(shipped, shipped=False)   # the same items as a user's own task
+    with pytest.warns(T.TaskWarning, match="re-split"):
+        again = user.with_images()
+    assert (again.val, again.test, again.train) == (img.val, img.test, img.train)   # same split, only the warning
+    assert not T.from_pairs([("a", "b"), ("c", "d"), ("e", "f")], n_val=1, n_test=1).shipped
+
+
 def test_with_images_existing_filters_on_files(tmp_path):
     png(tmp_path / "flags" / "fr.png")
     task = T.load("country-capital", image_root=tmp_path)

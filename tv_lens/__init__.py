@@ -1,8 +1,8 @@
 """tv_lens: task vectors and TransformerLens-style hooks for vision-language models."""
 
 from ._version import __version__
-from . import (geometry, heads, hooks, image_geometry, image_maps, lens, methods, patching, plot, positions, prompts,
-               protocol, runs, stats, tasks)
+from . import (geometry, heads, hooks, image_geometry, image_maps, lens, methods, patching, plot, positions, progress,
+               prompts, protocol, runs, stats, tasks)
 from .evaluate import EvalResult, SweepResult, evaluate, evaluate_conflict, layer_sweep, sample_efficiency
 from .model import HookedModelConfig, HookedMultimodalModel
 from .offline import load_smollm2
@@ -35,6 +35,7 @@ __all__ = [
     "patching",
     "plot",
     "positions",
+    "progress",
     "prompts",
     "protocol",
     "runs",

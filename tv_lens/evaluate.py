@@ -30,6 +30,7 @@ answer up to the first newline.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,9 +38,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, TaskError
+from .progress import tqdm
 from .protocol import check_vector, demo_pool, format_ci, mean_ci, other_modality, vectors_for_methods
 from .prompts import Prompt, Template, encode, icl, queries, sample_demos
 from .vectors import TaskVector
@@ -170,9 +171,19 @@ class EvalResult:
         layout of the paper's Table 3. Rows are methods, ``"method [label]"`` for labelled runs.
 
         Args:
+            metric: ``"accuracy"`` (the paper's first-token score, default) or ``"exact_match"`` (the whole greedy
+                answer, up to the first newline, equals the label).
             ci: cells as strings ``"mean ± half-width"`` of the 95% confidence interval over seeds (Student t).
+
+        Raises:
+            InputError: a metric the scores do not hold.
         """
         scores = self._rows()
+        if metric not in scores.columns or metric in ("task", "method", "run", "seed", "row", "layer", "n"):
+            from .errors import InputError
+
+            raise InputError(f"metric must be 'accuracy' (first token) or 'exact_match' (whole answer), not "
+                             f"{metric!r}.")
         per_seed = scores.pivot_table(index=["row", "seed"], columns="task", values=metric, aggfunc="mean",
                                       sort=False)
         per_seed["Avg"] = per_seed.mean(axis=1, skipna=False)
@@ -318,24 +329,80 @@ def evaluate(model, items: Any, methods: Sequence[str] = ("no_context", "base", 
 # ---------------------------------------------------------------------------------------------- sweeps
 @dataclass
 class SweepResult:
-    """Accuracy per layer (``scores``: task × seed × layer) and the chosen ``best`` layer."""
+    """Accuracy per layer (``scores``: task × seed × layer) and the chosen ``best`` layer.
+
+    A first-token sweep can reward a layer where every patched query gives the SAME answer (all ``Europe``, all
+    starting with ``S``): it scores the label's share. ``answers`` therefore counts, per task × seed × layer, the
+    ``distinct_answers`` (first tokens) and the ``top_share`` of the most common one (``top_answer``);
+    :meth:`constant_layers` lists the layers where one answer covers ≥ 90% of the queries, and the repr, the sweep
+    plot and ``layer_sweep``'s warning say when the best layer is one of them.
+    """
 
     scores: pd.DataFrame
     best: int
+    answers: pd.DataFrame | None = None
+
+    #: A layer whose most common first answer covers at least this share of the queries answers a constant.
+    CONSTANT_SHARE = 0.9
 
     def accuracy_by_layer(self) -> pd.Series:
         """Mean over seeds, then over tasks."""
         per_task = self.scores.groupby(["task", "layer"])["accuracy"].mean()
         return per_task.groupby("layer").mean()
 
+    def answers_by_layer(self) -> pd.DataFrame:
+        """Per layer: ``distinct_answers`` (mean over tasks and seeds), ``top_share`` (the largest over tasks and
+        seeds) and the ``top_answer`` that has it. Empty without answer counts (a result built from a scores frame
+        alone, e.g. read back from a CSV)."""
+        if self.answers is None or self.answers.empty:
+            return pd.DataFrame(columns=["distinct_answers", "top_share", "top_answer"])
+        frame = self.answers.sort_values("top_share", ascending=False)
+        grouped = frame.groupby("layer")
+        return pd.DataFrame({"distinct_answers": grouped["distinct_answers"].mean(),
+                             "top_share": grouped["top_share"].max(), "top_answer": grouped["top_answer"].first()})
+
+    def constant_layers(self, share: float | None = None) -> list[int]:
+        """Layers where one first answer covers at least ``share`` (default 0.9) of some task's queries."""
+        share = self.CONSTANT_SHARE if share is None else share
+        answers = self.answers_by_layer()
+        return [int(layer) for layer, row in answers.iterrows() if row["top_share"] >= share]
+
+    @property
+    def best_is_constant(self) -> bool:
+        """Whether the selected layer answers one label for ≥ 90% of the queries of some task."""
+        return self.best in self.constant_layers()
+
+    def constant_note(self) -> str:
+        """A sentence saying that the best layer answers a constant, or ``""``."""
+        if not self.best_is_constant:
+            return ""
+        row = self.answers_by_layer().loc[self.best]
+        return (f"layer {self.best} answers {row['top_answer']!r} for {row['top_share']:.0%} of the queries: its "
+                "accuracy is that label's share, not the task")
+
     def __repr__(self) -> str:
         acc = self.accuracy_by_layer()
-        return f"SweepResult(best layer {self.best}: {acc.loc[self.best]:.3f}; layers {len(acc)})"
+        note = self.constant_note()
+        return (f"SweepResult(best layer {self.best}: {acc.loc[self.best]:.3f}; layers {len(acc)}"
+                + (f"; WARNING: {note}" if note else "") + ")")
 
     def _repr_html_(self) -> str:
         acc = self.accuracy_by_layer()
+        note = self.constant_note()
         return (f"<b>SweepResult</b>: best layer <b>{self.best}</b> ({acc.loc[self.best]:.3f})"
+                + (f"<br><b>Warning</b>: {note}" if note else "")
                 + acc.to_frame("accuracy").T.round(2).to_html())
+
+
+def _answer_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per task × seed × layer: ``distinct_answers``, ``top_answer`` and its ``top_share`` of the first tokens."""
+    rows = []
+    for (task, seed, layer), answers in frame.groupby(["task", "seed", "layer"])["answer"]:
+        counts = Counter(str(a).strip() for a in answers)
+        top, n_top = counts.most_common(1)[0]
+        rows.append({"task": task, "seed": seed, "layer": layer, "distinct_answers": len(counts),
+                     "top_answer": top, "top_share": n_top / len(answers)})
+    return pd.DataFrame(rows)
 
 
 def best_layer(accuracy_by_layer: pd.Series) -> int:
@@ -389,12 +456,16 @@ def layer_sweep(model, vector: TaskVector | Sequence[TaskVector] | dict | Any, i
             for g, layer in enumerate(sweep_layers):
                 for i, p in enumerate(prompts):
                     rows.append({"task": task_name, "seed": seed_label, "layer": layer, "query": p.query_input,
+                                 "answer": first[g][i],
                                  "correct": first_token_correct(first[g][i], p.label, case_sensitive)})
     items_df = pd.DataFrame(rows)
     scores = items_df.groupby(["task", "seed", "layer"], as_index=False)["correct"].mean().rename(
         columns={"correct": "accuracy"})
-    result = SweepResult(scores=scores, best=0)
+    result = SweepResult(scores=scores, best=0, answers=_answer_counts(items_df))
     result.best = best_layer(result.accuracy_by_layer())
+    if result.best_is_constant:
+        warnings.warn(f"layer_sweep: {result.constant_note()}. Check result.answers_by_layer() and compare with "
+                      "the majority baseline before trusting this layer.", stacklevel=2)
     return result
 
 

@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .errors import IncompatibleArgumentsError, InputError, LayerOutOfRangeError, TaskError, VectorError
 from .hooks import PositionHook
+from .progress import tqdm
 from .prompts import Prompt, encode, shuffle_labels
 from .vectors import TaskVector, _layers, _short
 

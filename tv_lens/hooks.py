@@ -23,11 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import positions as _positions
-from .errors import InputError, PatchNotFiredError, VectorError
+from .errors import InputError, PatchNotFiredError, UsageError, VectorError
 
 _CURRENT: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("tv_lens_current_batch", default=None)
 
@@ -53,12 +53,35 @@ def decoding() -> bool:
     return bool(state is not None and state[2].get("decoding"))
 
 
-def current_index(at: Any, row_mask: Tensor | None = None) -> Tensor:
-    """Resolve ``at`` for the batch that is running now: ``LongTensor[batch]`` or ``[batch, k]``."""
+def position(at: Any) -> Int[Tensor, "batch *k"]:
+    """The token indices of a named position in the batch that is running now — call it INSIDE any hook.
+
+    The same specs as everywhere in tv_lens (``at=``, ``positions=``): ``"delimiter"`` (the query's ``A:``),
+    ``"delimiter[-1]"`` (the last demo's), ``"query"`` / ``"query[-1]"``, ``"image[0]"``, ``"last"``, an int, a
+    list or a per-row ``LongTensor``. Rows are resolved one by one in padded coordinates, so a left-padded batch
+    of prompts of different lengths gets each row's own index::
+
+        def ablate_head_at_delimiter(z, hook):          # z: [batch, pos, head, d_head]
+            rows = torch.arange(z.shape[0])
+            z[rows, tvl.hooks.position("delimiter"), 3] = 0.0
+            return z
+
+        model.run_with_hooks(batch, fwd_hooks=[("blocks.5.attn.hook_z", ablate_head_at_delimiter)])
+
+    Outside a hook, ask the batch: :meth:`tv_lens.prompts.PromptBatch.position`.
+
+    Returns:
+        ``LongTensor[batch]`` (one token per row) or ``LongTensor[batch, k]`` (a span: ``"query"``, ``"image[j]"``).
+
+    Raises:
+        UsageError: called outside a tv_lens model call (a plain PyTorch hook, or after the forward ended).
+        PositionError: a position that does not occur in some row (the message lists the names that do).
+    """
     state = _CURRENT.get()
     if state is None:
-        raise RuntimeError("A tv_lens position hook ran outside a tv_lens model call; run it through "
-                           "model.run_with_hooks / model.hooks / model.generate.")
+        raise UsageError("tv_lens.hooks.position() is asked inside a hook while a tv_lens model runs; run the hook "
+                         "through model.run_with_hooks / model.hooks / model.generate / model.run_with_cache, or "
+                         "outside a forward ask the batch: tvl.prompts.encode(model, prompts).position(spec).")
     model, inputs, memo = state
     if "positions" not in memo:
         memo["positions"] = model.positions(inputs)
@@ -66,6 +89,21 @@ def current_index(at: Any, row_mask: Tensor | None = None) -> Tensor:
     if key not in memo:
         memo[key] = _positions.resolve(at, memo["positions"])
     return memo[key]
+
+
+def current_index(at: Any, row_mask: Tensor | None = None) -> Int[Tensor, "batch *k"]:
+    """The former name of :func:`position` (kept working); ``row_mask`` is accepted and unused as before."""
+    return position(at)
+
+
+def current_positions() -> _positions.TokenPositions:
+    """All positions of the running batch (last token, image spans, named positions per row) — inside a hook.
+
+    Raises:
+        UsageError: called outside a tv_lens model call.
+    """
+    position("last")   # raises outside a forward, and fills the memo
+    return _CURRENT.get()[2]["positions"]
 
 
 class PositionHook:
@@ -233,5 +271,5 @@ def check_fired(hook_fns: list[Callable]) -> None:
             "anything is an error.")
 
 
-__all__ = ["PositionHook", "add", "check_fired", "current_index", "mean_ablate", "patch", "record", "running",
-           "zero_ablate"]
+__all__ = ["PositionHook", "add", "check_fired", "current_index", "current_positions", "mean_ablate", "patch",
+           "position", "record", "running", "zero_ablate"]

@@ -36,9 +36,9 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .errors import InputError, TaskError
+from .progress import tqdm
 from .prompts import Prompt, encode
 from .stats import t_quantile_975
 from .vectors import TaskVector
@@ -518,8 +518,21 @@ class LayerLens:
         """Top-1 token per ``[layer][pos]`` of one row."""
         return [[self.token_strings[int(i)] for i in layer] for layer in self.top_ids[row, :, :, 0]]
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per (row, layer, position): top-1 token and prob, entropy, target prob and rank."""
+    def to_frame(self, k: int | None = None) -> pd.DataFrame:
+        """One row per (row, layer, position): the top-``k`` tokens and probs (``top1``, ``top1_prob``, ...,
+        ``top{k}``, ``top{k}_prob``), entropy, target prob and rank.
+
+        Args:
+            k: how many of the decoded tokens to show (default: all the lens kept, its ``k=``).
+
+        Raises:
+            InputError: ``k`` larger than the lens kept (run the lens with a larger ``k``) or below 1.
+        """
+        held = int(self.top_ids.shape[-1])
+        k = held if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= held:
+            raise InputError(f"k={k!r}: this lens kept the top {held} tokens; pass 1..{held}, or run the lens "
+                             "with a larger k.")
         records = []
         for r in range(self.n_rows):
             for li, layer in enumerate(self.layers):
@@ -527,9 +540,11 @@ class LayerLens:
                     if not self.valid[r, p]:
                         continue
                     rec = {"row": r, "layer": layer, "position": int(self.positions[r, p]),
-                           "input_token": self.input_tokens[r][p],
-                           "top1": self.token_strings[int(self.top_ids[r, li, p, 0])],
-                           "top1_prob": float(self.top_probs[r, li, p, 0]), "entropy": float(self.entropy[r, li, p])}
+                           "input_token": self.input_tokens[r][p]}
+                    for rank in range(k):
+                        rec[f"top{rank + 1}"] = self.token_strings[int(self.top_ids[r, li, p, rank])]
+                        rec[f"top{rank + 1}_prob"] = float(self.top_probs[r, li, p, rank])
+                    rec["entropy"] = float(self.entropy[r, li, p])
                     if self.target_prob is not None:
                         rec["target_prob"] = float(self.target_prob[r, li, p])
                         rec["target_rank"] = int(self.target_rank[r, li, p])

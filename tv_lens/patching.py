@@ -39,11 +39,12 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import positions as _positions
 from .adapters import resolve_path
 from .errors import HookNameError, IncompatibleArgumentsError, InputError, PositionError
+from .patching_pairs import PairsPatchingResult, is_pair_list, over_pairs
+from .progress import tqdm
 
 HOOK_KINDS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -66,8 +67,12 @@ class Metric:
     :func:`logit_diff`, :func:`probability`, :func:`kl_divergence`, or wrap any ``logits -> [rows]`` function.
     """
 
-    def __init__(self, fn: Callable[..., Tensor], name: str, needs_clean: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Tensor], name: str, needs_clean: bool = False,
+                 expected: Sequence[tuple[int, str]] = ()) -> None:
         self.fn, self.name, self.needs_clean = fn, name, needs_clean
+        #: ``(token id, "clean" | "corrupted")``: the tokens the metric expects each prompt to predict; a token
+        #: with probability < :data:`LOW_PROBABILITY` there draws a warning (the wrong spelling of the answer?).
+        self.expected = tuple(expected)
 
     def __call__(self, logits: Float[Tensor, "rows d_vocab"],
                  clean_logits: Float[Tensor, " d_vocab"] | None = None) -> Float[Tensor, " rows"]:
@@ -96,7 +101,8 @@ def _as_metric(metric: Metric | Callable) -> Metric:
 
 
 def token_id(model, token: int | str) -> int:
-    """The id of ``token``: an int as is, a string by its FIRST token (write the leading space: ``" Paris"``).
+    """The id of ``token``: an int as is, a string by its FIRST token, spelled as given (``"Paris"`` and
+    ``" Paris"`` are different tokens in BPE vocabularies; :func:`answer_token` gives the one the template makes).
 
     Raises:
         InputError: a string that tokenizes to nothing.
@@ -109,16 +115,93 @@ def token_id(model, token: int | str) -> int:
     return int(ids[0])
 
 
+def answer_token(model, answer: str, template: Any = None) -> int:
+    """The id of the answer's FIRST token as the template writes it after the delimiter — the token the model
+    predicts next on a query in that template.
+
+    ``"qa"`` (the default, ``A:{y}``) puts no space before the answer, so on SmolLM2 ``answer_token(model, "Paris")``
+    is ``Paris``; ``"qa_space"`` (``A: {y}``) gives ``" Paris"``. Use it to build metrics::
+
+        metric = patching.logit_diff(model, patching.answer_token(model, "Paris"),
+                                     patching.answer_token(model, "Madrid"))
+
+    Args:
+        answer: the label, as in the task (``"Paris"``).
+        template: a :class:`~tv_lens.prompts.Template` or its name (default ``"qa"``), the one the prompts use.
+
+    Raises:
+        InputError: an answer that tokenizes to nothing.
+    """
+    from .prompts import get_template
+
+    tpl = get_template(template)
+    if not isinstance(answer, str) or not answer.strip():
+        raise InputError(f"answer must be a non-empty string (a task label); got {answer!r}.")
+    prefix = f"{tpl.question}x{tpl.answer}"
+    text = prefix + tpl.label_prefix + answer
+    tokenizer = model.tokenizer
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        offsets = None
+    if offsets is not None:
+        for token, (start, end) in zip(encoded["input_ids"], offsets):
+            if end > start and start >= len(prefix):
+                return int(token)
+    # slow tokenizers (no offsets), or a token that merges the delimiter with the answer: the answer on its own
+    return token_id(model, tpl.label_prefix + answer)
+
+
+#: A metric token whose probability on the prompt it should be predicted on is below this draws a warning.
+LOW_PROBABILITY = 1e-3
+
+
+def _token_label(model, token: int | str) -> str:
+    if isinstance(token, str) or getattr(model, "tokenizer", None) is None:
+        return repr(token)
+    return repr(model.tokenizer.decode([token]))
+
+
 def logit_diff(model, correct: int | str, wrong: int | str) -> Metric:
-    """``logits[correct] - logits[wrong]`` at the corrupted prompt's last token (tokens: ids or strings)."""
+    """``logits[correct] - logits[wrong]`` at the corrupted prompt's last token (tokens: ids or strings).
+
+    ``correct`` should be what the CLEAN prompt predicts and ``wrong`` what the corrupted one predicts; a patching
+    call warns when either has probability < 1e-3 there (build them with :func:`answer_token`)."""
     a, b = token_id(model, correct), token_id(model, wrong)
-    return Metric(lambda logits: logits[:, a] - logits[:, b], f"logit_diff({correct!r}, {wrong!r})")
+    return Metric(lambda logits: logits[:, a] - logits[:, b],
+                  f"logit_diff({_token_label(model, correct)}, {_token_label(model, wrong)})",
+                  expected=((a, "clean"), (b, "corrupted")))
 
 
 def probability(model, token: int | str) -> Metric:
-    """Softmax probability of ``token`` at the last token."""
+    """Softmax probability of ``token`` at the last token (a patching call warns when the CLEAN prompt gives it
+    probability < 1e-3: build it with :func:`answer_token`)."""
     t = token_id(model, token)
-    return Metric(lambda logits: logits.float().softmax(-1)[:, t], f"probability({token!r})")
+    return Metric(lambda logits: logits.float().softmax(-1)[:, t], f"probability({_token_label(model, token)})",
+                  expected=((t, "clean"),))
+
+
+def check_metric_tokens(model, metric: Metric, clean_logits: Float[Tensor, " d_vocab"],
+                        corrupted_logits: Float[Tensor, " d_vocab"]) -> dict[int, float]:
+    """Warn when a metric's token is unlikely where it should be predicted (probability < :data:`LOW_PROBABILITY`).
+
+    Returns:
+        ``{token id: probability}`` on the prompt each token is expected on.
+    """
+    probs = {"clean": clean_logits.float().softmax(-1), "corrupted": corrupted_logits.float().softmax(-1)}
+    seen: dict[int, float] = {}
+    for token, where in getattr(metric, "expected", ()):
+        p = float(probs[where][token])
+        seen[token] = p
+        if p < LOW_PROBABILITY:
+            top = int(probs[where].argmax())
+            warnings.warn(
+                f"Metric {metric.name}: token {_token_label(model, token)} has probability {p:.2g} on the {where} "
+                f"prompt, which predicts {_token_label(model, top)} (p={float(probs[where][top]):.2g}). Is the "
+                "answer spelled as the template writes it? patching.answer_token(model, label, template=...) gives "
+                "that token.", stacklevel=3)
+    return seen
 
 
 def kl_divergence() -> Metric:
@@ -250,10 +333,18 @@ class PatchingResult:
     @property
     def grid(self) -> Tensor:
         """Recovery as ``[layer, position]``, ``[layer, head]`` (one position column) or ``[layer, position, head]``."""
-        out = self.recovery
+        return self._squeeze(self.recovery)
+
+    @property
+    def score_grid(self) -> Tensor:
+        """The raw metric in :attr:`grid`'s shape: ``[layer, position]`` for a residual hook, as TransformerLens'
+        ``get_act_patch_resid_pre`` returns it (``scores`` keeps the head axis: ``[layer, position, 1]``)."""
+        return self._squeeze(self.scores)
+
+    def _squeeze(self, values: Tensor) -> Tensor:
         if self.heads is None:
-            return out[:, :, 0]
-        return out[:, 0, :] if len(self.positions) == 1 else out
+            return values[:, :, 0]
+        return values[:, 0, :] if len(self.positions) == 1 else values
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per cell: layer, position label, corrupted/clean positions, head, score, recovery."""
@@ -285,8 +376,9 @@ class PatchingResult:
         skipped = "" if self.computed is None or bool(self.computed.all()) else (
             f" ({int((~self.computed).sum())} no-op cells: clean = corrupted activation)")
         return (f"PatchingResult({self.method}, hook={self.hook}, {len(self.layers)} layers × "
-                f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, clean={self.clean_metric:.4g}, "
-                f"corrupted={self.corrupted_metric:.4g}, best recovery {float(self.recovery.flatten()[best]):.3f} "
+                f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, "
+                f"clean_metric={self.clean_metric:.4g}, corrupted_metric={self.corrupted_metric:.4g}, "
+                f"best recovery {float(self.recovery.flatten()[best]):.3f} "
                 f"at {where})")
 
     def _repr_html_(self) -> str:
@@ -314,11 +406,12 @@ def _prepare(model, prompt: Any) -> _Run:
         inputs = prompt
     else:
         raise InputError(f"A patching prompt is a Prompt, a string or a processed input dict; got "
-                         f"{type(prompt).__name__}. Patch one clean/corrupted pair per call.")
+                         f"{type(prompt).__name__}. For many pairs pass two lists of prompts.")
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise InputError(f"Patching compares ONE clean and ONE corrupted prompt; got input_ids of shape "
-                         f"{tuple(ids.shape)}. Loop over pairs (or average the results' frames).")
+                         f"{tuple(ids.shape)}. For many pairs pass two lists of prompts, clean[i] → corrupted[i] "
+                         "(one grid per pair, their mean and a 95% CI).")
     return _Run(inputs, model.positions(inputs), ids)
 
 
@@ -493,12 +586,21 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
         progress: show a tqdm bar over the batched forwards.
 
     Returns:
-        :class:`PatchingResult` with ``scores`` / ``recovery`` ``[n_layers, n_positions, n_heads]``.
+        :class:`PatchingResult` with ``scores`` / ``recovery`` ``[n_layers, n_positions, n_heads]``; for lists of
+        prompts a :class:`~tv_lens.patching_pairs.PairsPatchingResult` (per-pair grids, mean, 95% CI per cell).
+
+    Many pairs: pass ``clean`` and ``corrupted`` as two lists of the same length (pair ``i`` = ``clean[i]`` →
+    ``corrupted[i]``, any mix of modalities) and ``metric`` as one metric or a list with one per pair; columns are
+    named positions (``positions=["delimiter", "query[-1]"]``), matched across pairs by name.
 
     Raises:
         PositionError: prompts that cannot be aligned as asked. HookNameError: a hook the family lacks.
         IncompatibleArgumentsError: ``hook="pattern"`` (read-only; patch ``"z"``), ``heads=`` with a non-head hook.
     """
+    if is_pair_list(clean, corrupted):
+        return over_pairs(activation_patching, model, clean, corrupted, metric, progress, hook=hook, layers=layers,
+                          positions=positions, heads=heads, max_rows=max_rows, max_tokens=max_tokens,
+                          skip_identical=skip_identical, progress=False)
     metric = _as_metric(metric)
     for name, value in (("max_rows", max_rows), ("max_tokens", max_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -531,6 +633,7 @@ def activation_patching(model, clean: Any, corrupted: Any, metric: Metric | Call
     with torch.no_grad():
         clean_metric = float(metric(clean_logits[None], clean_logits)[0])
         corrupted_metric = float(metric(corrupted_logits[None], clean_logits)[0])
+    check_metric_tokens(model, metric, clean_logits, corrupted_logits)
 
     cells = [(li, pi, hi) for li in range(len(grid.layers)) for pi in range(len(grid.pairs))
              for hi in range(n_heads) if computed[li, pi, hi]]
@@ -632,8 +735,12 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
     restricted to its head): the first-order Taylor estimate of patching that cell. Good where the effect is
     roughly linear (small changes, late layers); check large effects with the exact grid.
 
-    Arguments, result and errors are those of :func:`activation_patching` (``method="attribution"``).
+    Arguments, result and errors are those of :func:`activation_patching` (``method="attribution"``), lists of
+    pairs included.
     """
+    if is_pair_list(clean, corrupted):
+        return over_pairs(attribution_patching, model, clean, corrupted, metric, False, hook=hook, layers=layers,
+                          positions=positions, heads=heads)
     metric = _as_metric(metric)
     clean_run, corrupted_run, grid, kind = _setup(model, clean, corrupted, hook, layers, positions, heads)
     clean_logits, clean_acts, _ = _capture(model, clean_run, grid.names)
@@ -657,6 +764,7 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
             raise IncompatibleArgumentsError(f"{missing[:3]} did not run on the corrupted prompt.")
         grads = torch.autograd.grad(value.sum(), [zeros[name] for name in grid.names], allow_unused=True)
     corrupted_metric = float(value.detach()[0])
+    check_metric_tokens(model, metric, clean_logits, logits.detach()[0])
     with torch.no_grad():
         clean_metric = float(metric(clean_logits[None], clean_logits)[0])
     n_heads = len(grid.heads) if grid.heads is not None else 1
@@ -680,5 +788,6 @@ def attribution_patching(model, clean: Any, corrupted: Any, metric: Metric | Cal
                    corrupted_run)
 
 
-__all__ = ["HOOK_KINDS", "Metric", "PatchingResult", "PositionPair", "activation_patching", "align_positions",
-           "attribution_patching", "kl_divergence", "logit_diff", "probability", "token_id"]
+__all__ = ["HOOK_KINDS", "LOW_PROBABILITY", "Metric", "PairsPatchingResult", "PatchingResult", "PositionPair",
+           "activation_patching", "align_positions", "answer_token", "attribution_patching", "check_metric_tokens",
+           "kl_divergence", "logit_diff", "probability", "token_id"]

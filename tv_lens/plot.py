@@ -85,15 +85,20 @@ def _band(rows: pd.DataFrame, spread: str | None) -> tuple[list[float], list[flo
     return low.clip(lower=0).tolist(), high.clip(lower=0).tolist()
 
 
-def phases(curves: Any, spread: str | None = "ci", title: str | None = None) -> go.Figure:
+def phases(curves: Any, spread: str | None = "ci", title: str | None = None, log_y: bool = False) -> go.Figure:
     """Figure 3: one line per token set (mean probability per layer) with a shaded band.
 
     Args:
         curves: a ``PhaseCurves``, or ``{panel title: PhaseCurves}`` for side-by-side panels (text vs image ICL).
         spread: ``"ci"`` (95% CI of the mean), ``"std"`` (± one standard deviation) or ``None``.
+        log_y: a logarithmic probability axis, for sets that peak far below the others (a task set at 3e-4 next
+            to an answer set at 0.3 is a flat line on a linear axis). Band edges at or below 0 are clipped to the
+            smallest positive value, since a log axis cannot draw them.
     """
     if spread not in SPREADS:
         raise InputError(f"spread must be one of {SPREADS}, not {spread!r}.")
+    if not isinstance(log_y, bool):
+        raise InputError(f"log_y must be True or False, not {log_y!r}.")
     panels = dict(curves) if isinstance(curves, Mapping) else {None: curves}
     if not panels:
         raise TaskError("Nothing to plot: no phase curves given.")
@@ -107,6 +112,9 @@ def phases(curves: Any, spread: str | None = "ci", title: str | None = None) -> 
             bounds = _band(rows, spread)
             if bounds is not None:
                 low, high = bounds
+                if log_y:
+                    floor = min([v for v in mean + low + high if v > 0], default=1e-12)
+                    low = [max(v, floor) for v in low]
                 fig.add_trace(go.Scatter(x=layers + layers[::-1], y=high + low[::-1], fill="toself", mode="lines",
                                          line={"width": 0}, fillcolor=_color(index, 0.2), hoverinfo="skip",
                                          showlegend=False, legendgroup=name, name=f"{name} ({spread})"),
@@ -116,7 +124,9 @@ def phases(curves: Any, spread: str | None = "ci", title: str | None = None) -> 
                                      hovertemplate="layer %{x}: %{y:.3f}<extra>" + name + "</extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="layer", row=1, col=col)
-    fig.update_yaxes(title_text="probability", row=1, col=1)
+    fig.update_yaxes(title_text="probability" + (" (log scale)" if log_y else ""), row=1, col=1)
+    if log_y:
+        fig.update_yaxes(type="log")
     fig.update_layout(title=title or "Token-set probability per layer (logit lens)", template="plotly_white")
     return fig
 
@@ -168,14 +178,29 @@ def lens_heatmap(lens: Any, row: int = 0, value: str = "prob", title: str | None
     z = grids[value][row][:, keep]                                  # [layer, pos]
     text = [[show_token(lens.token_strings[int(lens.top_ids[row, li, p, 0])]) for p in keep]
             for li in range(len(lens.layers))]
-    fig = go.Figure(go.Heatmap(z=z.tolist(), x=list(range(len(keep))), y=list(lens.layers), text=text,
-                               texttemplate="%{text}", colorscale="Blues", colorbar={"title": value},
-                               hovertemplate="layer %{y}, position %{x}: %{text} (%{z:.3f})<extra></extra>"))
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(keep))),
-                     ticktext=[show_token(lens.input_tokens[row][p]) for p in keep], title_text="input token")
+    # Cell text stays readable: wide enough columns (60 px, 36 px past 30 positions, with tokens cut to 5
+    # characters there), a row height per layer, and past MAX_CELL_TEXT_COLUMNS positions tokens in the hover only.
+    n_pos, n_layers = len(keep), len(lens.layers)
+    show_text, narrow = n_pos <= MAX_CELL_TEXT_COLUMNS, n_pos > 30
+    cells = [[t if not narrow or len(t) <= 5 else t[:4] + "…" for t in layer] for layer in text]
+    column = 36 if narrow else 60
+    fig = go.Figure(go.Heatmap(z=z.tolist(), x=list(range(n_pos)), y=list(lens.layers), text=cells,
+                               customdata=text, texttemplate="%{text}" if show_text else None,
+                               textfont={"size": 8 if narrow else 10}, colorscale="Blues", colorbar={"title": value},
+                               hovertemplate="layer %{y}, position %{x}: %{customdata} (%{z:.3f})<extra></extra>"))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(n_pos)),
+                     ticktext=[show_token(lens.input_tokens[row][p]) for p in keep], title_text="input token",
+                     tickangle=-60, tickfont={"size": 8 if narrow else 10})
     fig.update_yaxes(title_text="layer")
-    fig.update_layout(title=title or f"Logit lens, top-1 decoding (colour: {value})", template="plotly_white")
+    fig.update_layout(title=title or f"Logit lens, top-1 decoding (colour: {value})"
+                      + ("" if show_text else f" — hover for tokens ({n_pos} positions)"),
+                      template="plotly_white", width=max(700, column * n_pos + 200) if show_text else 1400,
+                      height=max(400, 22 * n_layers + 200))
     return fig
+
+
+#: ``lens_heatmap`` writes each cell's top-1 token up to this many position columns; beyond, tokens are in the hover.
+MAX_CELL_TEXT_COLUMNS = 80
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -223,12 +248,32 @@ def sweep(sweep_result: Any, baselines: Mapping[str, Any] | None = None, title: 
             fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[level, level], mode="lines", name=name,
                                      legendgroup=name, showlegend=i == 0,
                                      line={"dash": "dot", "color": _color(b)}, meta={"task": task}), **where)
+        _constant_markers(fig, rows, getattr(sweep_result, "answers", None), task, i == 0, where)
         if best is not None:
             fig.add_vline(x=best, line_dash="dash", line_color="grey", **where)
     fig.update_yaxes(title_text="accuracy", col=1)
     fig.update_xaxes(title_text="layer", row=n_rows)
-    fig.update_layout(title=title or f"Accuracy per patched layer (selected layer: {best})", template="plotly_white")
+    note = sweep_result.constant_note() if hasattr(sweep_result, "constant_note") else ""
+    heading = title or f"Accuracy per patched layer (selected layer: {best})"
+    fig.update_layout(title=heading + (f"<br><sup>⚠ {note}</sup>" if note else ""), template="plotly_white")
     return fig
+
+
+def _constant_markers(fig: go.Figure, accuracy: pd.DataFrame, answers: pd.DataFrame | None, task: str,
+                      legend: bool, where: dict) -> None:
+    """Red crosses on the layers where one first answer covers ≥ 90% of the task's queries (any seed)."""
+    if answers is None or answers.empty:
+        return
+    mine = answers[answers["task"] == task].sort_values("top_share", ascending=False)
+    flagged = mine.groupby("layer").agg(top_share=("top_share", "max"), top_answer=("top_answer", "first"))
+    flagged = flagged[flagged["top_share"] >= 0.9].join(accuracy.set_index("layer")["accuracy"])
+    if flagged.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=flagged.index.tolist(), y=flagged["accuracy"].tolist(), mode="markers", name="one answer ≥ 90%",
+        legendgroup="constant", showlegend=legend, marker={"symbol": "x", "size": 10, "color": "crimson"},
+        text=[f"{a!r}: {s:.0%}" for a, s in zip(flagged["top_answer"], flagged["top_share"])],
+        hovertemplate="layer %{x}: answers %{text} of the queries<extra></extra>", meta={"task": task}), **where)
 
 
 def scaling(frame: pd.DataFrame, x: str | None = None, y: str = "accuracy", color: str = "method",
@@ -347,10 +392,12 @@ def cie_heatmap(result: Any, top: int = 10, title: str | None = None) -> go.Figu
 # ---------------------------------------------------------------------------------------------- files
 def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) -> Path:
     """Write a figure: ``.html`` (self-contained: opens offline; ``include_plotlyjs="cdn"`` for a small file), or
-    ``.png`` / ``.svg`` / ``.pdf`` / ``.jpg`` / ``.webp`` when kaleido is installed.
+    ``.png`` / ``.svg`` / ``.pdf`` / ``.jpg`` / ``.webp`` when kaleido is installed — and, for kaleido ≥ 1, a Chrome
+    or Chromium browser that it drives (system package, or ``plotly_get_chrome`` once).
 
     Raises:
-        ModuleNotFoundError: an image format without kaleido (``pip install kaleido``, or save ``.html``).
+        ModuleNotFoundError: an image format without kaleido (``pip install kaleido`` plus a Chromium, or save
+            ``.html``).
         InputError: another extension.
     """
     path = Path(path)
@@ -363,8 +410,9 @@ def save(fig: go.Figure, path: str | Path, include_plotlyjs: bool | str = True) 
         return atomic_save(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=include_plotlyjs))
     if suffix in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
         if importlib.util.find_spec("kaleido") is None:
-            raise ModuleNotFoundError(f"Saving {suffix} needs kaleido (`pip install kaleido`); save as .html "
-                                      "instead, which needs nothing.")
+            raise ModuleNotFoundError(f"Saving {suffix} needs kaleido (`pip install kaleido`) and a Chrome/Chromium "
+                                      "browser for it to drive (system package, or `plotly_get_chrome`); save as "
+                                      ".html instead, which needs nothing.")
         return atomic_save(path, lambda tmp: fig.write_image(tmp))
     raise InputError(f"Cannot save a figure as {suffix or 'a file without extension'!r}; use .html or .png.")
 
@@ -388,48 +436,70 @@ def _patching_z(result: Any, value: str) -> Any:
 def patching_grid(result: Any, value: str = "recovery", head: int | None = None, title: str | None = None
                   ) -> go.Figure:
     """Layer × position heatmap of an activation- or attribution-patching grid; columns are labelled with the
-    corrupted prompt's tokens (or the position names), and image tokens are shaded.
+    corrupted prompt's tokens (indices such as ``-1`` with the token there too; named columns by their name), and
+    image tokens are outlined.
 
     Args:
-        result: a :class:`tv_lens.patching.PatchingResult`.
+        result: a :class:`tv_lens.patching.PatchingResult`, or a
+            :class:`~tv_lens.patching_pairs.PairsPatchingResult` (many pairs: the mean per cell, with its 95% CI
+            in the hover text; same colours).
         value: ``"recovery"`` (0 = corrupted, 1 = clean; diverging colours around 0) or ``"scores"`` (the metric).
         head: for per-head results, which head to show (default: the sum over heads of ``scores``, the recovery of
             patching them one at a time is not additive, so pick a head for ``"recovery"``).
     """
     z = _patching_z(result, value)
+    ci = getattr(result, "ci", None) if value == "recovery" else None
     if result.heads is not None:
         if head is None and value == "recovery":
             raise InputError("A per-head result: pass head=... (or plot it with patching_heads).")
-        z = z[:, :, result.heads.index(head)] if head is not None else z.sum(-1)
+        pick = (lambda t: t[:, :, result.heads.index(head)]) if head is not None else (lambda t: t.sum(-1))
     else:
-        z = z[:, :, 0]
-    tokens = list(result.corrupted_tokens)
-    labels = []
-    for pair in result.positions:
-        first = pair.corrupted[0]
-        if pair.label.split(":")[0].strip().isdigit() and first < len(tokens):
-            labels.append(f"{first} {show_token(tokens[first])}")
-        else:
-            labels.append(pair.label)
+        pick = (lambda t: t[:, :, 0])  # noqa: E731
+    z = pick(z)
+    labels = _position_labels(result)
     x = list(range(len(result.positions)))
     bound = float(z.nan_to_num().abs().max()) or 1.0
     colour = {"zmid": 0, "colorscale": "RdBu", "reversescale": True} if value == "recovery" else {
         "colorscale": "Viridis"}
+    if ci is not None:
+        half = pick(ci)
+        custom = [[f"{label} (± {float(h):.3f}, 95% CI over {len(result.pairs)} pairs)" for label, h in
+                   zip(labels, row)] for row in half]
+    else:
+        custom = [labels] * len(result.layers)
     fig = go.Figure(go.Heatmap(z=z.tolist(), x=x, y=list(result.layers), colorbar={"title": value},
-                               customdata=[labels] * len(result.layers),
+                               customdata=custom,
                                hovertemplate="layer %{y}, %{customdata}: %{z:.3f}<extra></extra>",
                                **({"zmin": -bound, "zmax": bound} if value == "recovery" else {}), **colour))
     for first, last in result.image_spans:
         columns = [i for i, pair in enumerate(result.positions) if first <= pair.corrupted[0] <= last]
-        if columns:
-            fig.add_vrect(x0=min(columns) - 0.5, x1=max(columns) + 0.5, fillcolor="gray", opacity=0.15,
-                          line_width=1, line_dash="dot", annotation_text="image", annotation_position="top left")
+        if columns:   # an outline, not a fill: a grey veil over a diverging scale reads as "less effect"
+            fig.add_shape(type="rect", xref="x", yref="paper", x0=min(columns) - 0.5, x1=max(columns) + 0.5,
+                          y0=0, y1=1, line={"color": "black", "width": 2, "dash": "dot"}, fillcolor="rgba(0,0,0,0)")
+            fig.add_annotation(x=min(columns) - 0.5, y=1, xref="x", yref="paper", text="image", showarrow=False,
+                               xanchor="left", yanchor="bottom")
     fig.update_xaxes(tickmode="array", tickvals=x, ticktext=labels, title_text="corrupted prompt position",
                      tickangle=-60)
     fig.update_yaxes(title_text="layer")
-    fig.update_layout(title=title or f"{result.method} patching of {result.hook} ({result.metric}): {value}",
+    pairs = f", mean over {len(result.pairs)} pairs" if hasattr(result, "pairs") else ""
+    fig.update_layout(title=title or f"{result.method} patching of {result.hook} ({result.metric}): {value}{pairs}",
                       template="plotly_white")
     return fig
+
+
+def _position_labels(result: Any) -> list[str]:
+    """Column labels: an index column (``"5: 'A'"``, ``"-1"``) shows its token, a named column its name."""
+    tokens = list(result.corrupted_tokens)
+    labels = []
+    for pair in result.positions:
+        first = pair.corrupted[0]
+        head = pair.label.split(":")[0].strip()
+        if head.lstrip("-").isdigit() and first < len(tokens):
+            prefix = head if head.startswith("-") else str(first)
+            labels.append(f"{prefix} {show_token(tokens[first])}")
+        else:
+            labels.append(pair.label)
+    return labels
 
 
 def patching_heads(result: Any, value: str = "recovery", position: int = 0, title: str | None = None

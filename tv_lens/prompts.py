@@ -19,12 +19,16 @@ single tokens there (`` Paris``), while ``A:Paris`` splits them into rarer piece
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from torch import Tensor
+
 from ._token_marks import named_positions
 from .errors import InputError, TaskError
+from .positions import resolve as resolve_position
 
 QUESTION, ANSWER, SEPARATOR = "Q:", "\nA:", "\n\n"
 MODALITIES = ("text", "image")
@@ -283,10 +287,49 @@ def queries(items: Any, modality: str = "text", template: Template | str | None 
 
 # ---------------------------------------------------------------------------------------------- encoding
 class PromptBatch(dict):
-    """Model inputs (a dict of tensors) that also know their prompts and named positions per row."""
+    """Model inputs (a dict of tensors) that also know their prompts and named positions per row.
+
+    Ask it for a position with the specs used everywhere (``at=``, ``positions=``, inside hooks
+    :func:`tv_lens.hooks.position`): ``batch.position("delimiter[-1]")`` → ``LongTensor[batch]``.
+    ``named_positions`` is the raw per-row record under its storage keys (``final_delimiter`` = ``"delimiter"``,
+    ``demo_delimiters[k]`` = ``"delimiter[k]"``, ``query`` = ``"query"``); :meth:`position_names` gives the specs.
+    """
 
     prompts: list[Prompt]
     named_positions: list[dict[str, list[int]]]
+
+    def position(self, spec: Any) -> Tensor:
+        """Token indices of ``spec`` in each row, in padded coordinates: ``LongTensor[batch]`` or ``[batch, k]``.
+
+        Specs: ``"delimiter"``, ``"delimiter[k]"``, ``"query"``, ``"query[k]"``, ``"image[j]"``, ``"last"``, ints,
+        lists, per-row tensors (see :mod:`tv_lens.positions`). Raises ``PositionError`` when it does not occur.
+        """
+        return resolve_position(spec, self._model_of().positions(self))
+
+    def _model_of(self) -> Any:
+        ref = getattr(self, "_model", None)
+        model = ref() if ref is not None else None
+        if model is None:
+            raise InputError("This PromptBatch was not made by tv_lens.prompts.encode(model, prompts) (or its model "
+                             "is gone); encode the prompts to resolve positions.")
+        return model
+
+    def position_names(self, row: int = 0) -> dict[str, Any]:
+        """The named positions of one row under the specs' names: ``{"delimiter": 17, "delimiter[0]": 5, ...,
+        "query": [12, 13], "last": 17}`` (image spans: ``"image[j]"``)."""
+        named = self.named_positions[row]
+        out: dict[str, Any] = {}
+        if "final_delimiter" in named:
+            out["delimiter"] = named["final_delimiter"][0]
+        for k, index in enumerate(named.get("demo_delimiters", [])):
+            out[f"delimiter[{k}]"] = index
+        if "query" in named:
+            out["query"] = list(named["query"])
+        positions = self._model_of().positions(self)
+        out["last"] = int(positions.last[row])
+        for j, span in enumerate(positions.images[row]):
+            out[f"image[{j}]"] = span.tolist()
+        return out
 
 
 def encode(model, prompts: Prompt | Sequence[Prompt]) -> PromptBatch:
@@ -306,6 +349,7 @@ def encode(model, prompts: Prompt | Sequence[Prompt]) -> PromptBatch:
     inputs = model.prepare(texts, images=images if any(images) else None)
     batch = PromptBatch(inputs)
     batch.prompts = prompts
+    batch._model = weakref.ref(model)   # positions need the model; a weak reference keeps copies of the batch light
     merges: list[str] = []
     batch.named_positions = [named_positions(model, text, marks, ids, mask, merges)
                              for (text, marks), ids, mask in zip(rendered, inputs["input_ids"],

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .errors import LayerOutOfRangeError, OutputPathError, TaskError, VectorError
+from .progress import tqdm
 from .prompts import Prompt, encode, instruction
 
 FORMAT = "tv_lens.task_vector/2"

@@ -5,7 +5,7 @@ next to the scores. A unit of ``--shard`` work is a (task, test item) pair for t
 from __future__ import annotations
 
 import pandas as pd
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..errors import InputError, ProvenanceError
 from ..evaluate import EvalResult, SweepResult, best_layer, evaluate, layer_sweep

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pandas as pd
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from .. import lens, plot
 from .. import prompts as P

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..errors import InputError, ProvenanceError, UsageError
 from ..evaluate import layer_sweep

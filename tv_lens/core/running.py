@@ -539,7 +539,7 @@ class Running:
         calls = {"n": 0}
         bar = None
         if verbose:
-            from tqdm.auto import tqdm
+            from ..progress import tqdm
 
             bar = tqdm(total=max_new_tokens, desc="generate", leave=False)
 

@@ -132,7 +132,7 @@ def prefix_stage(lm, tokenizer, entities, args, device) -> tuple[torch.Tensor, l
     stage 0 regresses the image tokens onto. P is a training artefact: it is not saved (the trained projector
     produces it).
     """
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     emb = lm.get_input_embeddings().weight.detach()
     q = tokenizer.encode("Q:", add_special_tokens=False)
@@ -189,7 +189,7 @@ def align_stage(model, processor, lm, entities, prefix, args, device) -> list[di
         aux:    cross-entropy of a throw-away linear classifier over the entities on the mean-pooled vision
                 features (makes the tower discriminative fast; not part of the saved model)
     """
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     if args.align_steps <= 0:
         return []
@@ -306,7 +306,7 @@ def evaluate_recognition(model, processor, entities, images_dir, eval_seed, view
 
 def main(argv=None) -> int:
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     from tv_lens.offline import load_smollm2
 

@@ -205,10 +205,10 @@ def _meta_str(meta: Mapping[str, Any], key: str, given: str | None, default: str
 
 
 def _build(items: list[TaskItem], *, name: str, instruction: str, task_word: str, n_val: int, n_test: int, seed: int,
-           source: str = "", notes: str = "") -> Task:
+           source: str = "", notes: str = "", shipped: bool = False) -> Task:
     val, test, train = split_items(items, n_val=n_val, n_test=n_test, seed=seed, name=name)
     return Task(name=name, instruction=instruction, task_word=task_word, items=items, val=val, test=test, train=train,
-                source=source, notes=notes, seed=seed)
+                source=source, notes=notes, seed=seed, shipped=shipped)
 
 
 # -------------------------------------------------------------------------------------------------- shipped tasks
@@ -252,7 +252,7 @@ def _load_shipped(name: str, *, n_val: int, n_test: int, seed: int, image_root: 
                    confine=not allow_outside_root and image_root is not None)
     return _build(items, name=meta.get("name", name), instruction=meta.get("instruction", ""),
                   task_word=meta.get("task_word", ""), n_val=n_val, n_test=n_test, seed=seed,
-                  source=meta.get("source", ""), notes=meta.get("notes", ""))
+                  source=meta.get("source", ""), notes=meta.get("notes", ""), shipped=True)
 
 
 # -------------------------------------------------------------------------------------------------- user files
