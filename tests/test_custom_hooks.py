@@ -9,9 +9,9 @@ from helpers import items as make_items
 
 import tv_lens as tvl
 from tv_lens import prompts as P
-from tv_lens.errors import PositionError, UsageError
+from tv_lens.errors import InputError, PositionError, UsageError
 from tv_lens.positions import resolve
-from tv_lens.testing import random_image, tiny_model
+from tv_lens.testing import tiny_model
 
 PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Chad", "N'Djamena"), ("Iran", "Tehran"),
          ("Cuba", "Havana")]
@@ -109,3 +109,18 @@ def test_image_positions_from_a_batch_and_inside_a_hook(llava):
     torch.testing.assert_close(batch.position("image[0]"), seen["image"])
     assert seen["image"].ndim == 2 and seen["image"].shape[0] == 2
     assert batch.position_names(0)["image[0]"] == seen["image"][0].tolist()
+
+
+def test_current_index_refuses_a_row_mask_it_would_ignore(llama):
+    batch = _batch(llama)
+    seen = {}
+
+    def look(act, hook):
+        seen["old"] = tvl.hooks.current_index("delimiter")
+        seen["new"] = tvl.hooks.position("delimiter")
+        with pytest.raises(InputError, match=r"position\(at\)\[row_mask\]"):
+            tvl.hooks.current_index("delimiter", row_mask=torch.ones(act.shape[0], dtype=torch.bool))
+        seen["checked"] = True
+
+    llama.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_post", look)])
+    assert seen["checked"] and torch.equal(seen["old"], seen["new"])

@@ -6,7 +6,6 @@ import importlib.util
 import warnings
 
 import pytest
-import torch
 from tqdm.std import tqdm as text_bar
 
 import tv_lens as tvl

@@ -53,7 +53,7 @@ def decoding() -> bool:
     return bool(state is not None and state[2].get("decoding"))
 
 
-def position(at: Any) -> Int[Tensor, "batch *k"]:
+def position(at: Any) -> Int[Tensor, " batch *k"]:
     """The token indices of a named position in the batch that is running now — call it INSIDE any hook.
 
     The same specs as everywhere in tv_lens (``at=``, ``positions=``): ``"delimiter"`` (the query's ``A:``),
@@ -91,8 +91,15 @@ def position(at: Any) -> Int[Tensor, "batch *k"]:
     return memo[key]
 
 
-def current_index(at: Any, row_mask: Tensor | None = None) -> Int[Tensor, "batch *k"]:
-    """The former name of :func:`position` (kept working); ``row_mask`` is accepted and unused as before."""
+def current_index(at: Any, row_mask: Tensor | None = None) -> Int[Tensor, " batch *k"]:
+    """The former name of :func:`position` (kept working).
+
+    ``row_mask`` never selected rows; passing one raises ``InputError`` rather than being ignored: index the result
+    with your mask instead (``position(at)[row_mask]``).
+    """
+    if row_mask is not None:
+        raise InputError("current_index(row_mask=...) selects nothing: call tv_lens.hooks.position(at) and index "
+                         "its result with your mask, position(at)[row_mask].")
     return position(at)
 
 

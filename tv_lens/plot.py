@@ -31,6 +31,7 @@ from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
 from .errors import InputError, TaskError
+from .plot_image import image_map, image_maps_row  # noqa: F401  (re-exported: tvl.plot.image_map)
 
 PALETTE = qualitative.Plotly
 SPREADS = ("ci", "std", None)
@@ -524,4 +525,3 @@ def patching_heads(result: Any, value: str = "recovery", position: int = 0, titl
 
 
 __all__ += ["patching_grid", "patching_heads"]
-from .plot_image import image_map, image_maps_row  # noqa: F401  (re-exported: tvl.plot.image_map, #25)

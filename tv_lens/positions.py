@@ -79,7 +79,7 @@ def _row_index(name: str, items: list, index: int | None, row: int) -> object:
         ) from None
 
 
-def resolve(spec: PositionSpec, positions: TokenPositions) -> Int[Tensor, "batch *k"]:
+def resolve(spec: PositionSpec, positions: TokenPositions) -> Int[Tensor, " batch *k"]:
     """Resolve a position spec to per-row token indices.
 
     Args:
