@@ -14,6 +14,7 @@ import pytest
 from tv_lens import demo as D
 from tv_lens import report as R
 from tv_lens import tasks as tvl_tasks
+from tv_lens.errors import InputError
 from tv_lens.evaluate import EvalResult, SweepResult
 from tv_lens.lens import PhaseCurves
 
@@ -104,10 +105,32 @@ def test_gallery_embeds_thumbnails_and_marks_each_answer():
 
 
 # ---------------------------------------------------------------------------------------------- the page, in a browser
-def write_fake_report(tmp_path: Path) -> Path:
+def write_fake_report(tmp_path: Path, sections=()) -> Path:
     results = {"paper": fake_suite(RATES_TIE, name="paper"), "reference": fake_suite(RATES_WIN, name="reference")}
     return R.write_report(tmp_path / "out", results, {"text": fake_curves(), "image": fake_curves()},
-                          {"model": "tv_lens reference VLM", "minutes": 0.1, "phase task": "t-one"})
+                          {"model": "tv_lens reference VLM", "minutes": 0.1, "phase task": "t-one"},
+                          sections=sections)
+
+
+def image_section_html() -> str:
+    """The demo's "Looking at the image" fragment, made by the real code on a tiny LLaVA (two image queries)."""
+    from tv_lens import prompts
+    from tv_lens.image_report import image_maps_section
+    from tv_lens.testing import random_image, tiny_model
+
+    model = tiny_model("llava").hooked()
+    items = [{"input": f"c{i}", "output": f"a{i}", "image": random_image(32, 32, seed=i)} for i in range(2)]
+    return image_maps_section(model, prompts.queries(items, modality="image"), layer=1).to_html()
+
+
+def test_report_appends_sections_after_its_figures_and_refuses_what_it_cannot_place(tmp_path):
+    fragment = "<h2>Looking at the image (layer 3)</h2><p>maps</p>"
+    text = write_fake_report(tmp_path, sections=[fragment]).read_text()
+    assert text.index(fragment) > text.rindex('class="plotly-graph-div"') and text.endswith("</body></html>")
+    with pytest.raises(InputError, match="HTML strings"):
+        write_fake_report(tmp_path, sections=[object()])
+    with pytest.raises(InputError, match="no figure to load plotly.js"):
+        R.write_report(tmp_path / "bare", {}, {}, {"model": "m"}, sections=[fragment])
 
 
 def test_report_writes_the_csvs_beside_the_page(tmp_path):
@@ -124,7 +147,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
 def test_report_loads_in_headless_chromium_without_console_errors_and_draws_its_figures(tmp_path):
-    path = write_fake_report(tmp_path)
+    path = write_fake_report(tmp_path, sections=[image_section_html()])
     # A probe appended to the page: after load, it records console errors, uncaught errors, and how many plotly
     # figures drew an SVG, into the DOM that --dump-dom prints.
     probe = """<script>
@@ -150,7 +173,7 @@ def test_report_loads_in_headless_chromium_without_console_errors_and_draws_its_
     start = dom.index('<pre id="probe">') + len('<pre id="probe">')
     state = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"'))
     assert state["errors"] == []
-    assert state["figs"] == 5 and state["drawn"] >= 5          # every figure drew its SVG
+    assert state["figs"] == 5 + 4 and state["drawn"] >= 5 + 4  # every figure drew its SVG, the image maps' too
     assert state["imgs"] == 2 * 2 * R.GALLERY_PER_TASK          # every thumbnail decoded
     assert state["width"] <= 1280                               # sized to the page: no horizontal scroll
 

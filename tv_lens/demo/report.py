@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from .. import plot
+from ..errors import InputError
 from ..io import atomic_write_text
 from .suite import BASELINES, METHODS, ROW_NAMES
 
@@ -171,13 +173,19 @@ def _figure(fig, first: bool, height: int = 420) -> str:
                                                  config={"responsive": True, "displaylogo": False}) + "</div>")
 
 
-def write_report(out: Path | str, results: dict, curves: dict, meta: dict) -> Path:
+def write_report(out: Path | str, results: dict, curves: dict, meta: dict, sections: Sequence[str] = ()) -> Path:
     """Write ``report.html`` and the CSVs into ``out``; returns the report's path.
 
     Args:
         results: ``{suite name: SuiteResult}``.
         curves: ``{"text": PhaseCurves, "image": PhaseCurves}``.
         meta: shown at the top (model, items, seeds, minutes...).
+        sections: HTML fragments appended at the end, in order (the demo's "Looking at the image" maps, from
+            :meth:`tv_lens.image_report.ImageSection.to_html` with ``include_plotlyjs=False``: the page loads
+            plotly.js with its first figure, so a fragment needs a figure before it).
+
+    Raises:
+        InputError: a section that is not a string, or sections on a page with no figure to load plotly.js.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +232,15 @@ def write_report(out: Path | str, results: dict, curves: dict, meta: dict) -> Pa
     if curves:
         parts.append(f"<h2>Phase curves (Figure 3), {html.escape(str(meta.get('phase task', '')))}</h2>")
         parts.append(_figure(plot.phases({f"{m} ICL": c for m, c in curves.items()}), first, height=440))
+        first = False
+    if sections and first:
+        raise InputError("write_report(sections=...): the page has no figure to load plotly.js before the sections; "
+                         "pass results or curves, or make the fragments with include_plotlyjs=True.")
+    for section in sections:
+        if not isinstance(section, str):
+            raise InputError(f"write_report(sections=...) takes HTML strings, not {type(section).__name__}; use "
+                             "ImageSection.to_html(include_plotlyjs=False).")
+        parts.append(section)
     parts.append("</body></html>")
     path = out / "report.html"
     atomic_write_text(path, "\n".join(parts))

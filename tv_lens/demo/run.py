@@ -17,9 +17,10 @@ import torch
 
 from ..errors import InputError
 from ..evaluate import EvalResult, SweepResult, evaluate, layer_sweep
+from ..image_report import image_maps_section
 from ..lens import phase_curves
 from ..model import HookedMultimodalModel
-from ..prompts import icl
+from ..prompts import icl, queries as image_queries
 from ..tasks import load
 from ..runs import Recipe
 from .report import write_report
@@ -115,6 +116,22 @@ def print_suite(suite: SuiteResult) -> None:
         print(suite.diff_table("exact_match").to_string())
 
 
+def image_section(model, results: dict, n_val: int, n_test: int, template: str, log) -> str:
+    """The report's "Looking at the image" fragment: attention and per-patch lens maps of three image test queries
+    of the first suite's first task, at the layer its xPatch selected (:func:`tv_lens.image_report.image_maps_section`).
+
+    Attention maps read ``hook_pattern``, so the model is switched to eager attention first (results do not change:
+    eager and SDPA compute the same attention).
+    """
+    suite = next(iter(results.values()))
+    task = load(suite.tasks[0], n_val=n_val, n_test=n_test).with_images()
+    layer = int(suite.best["xpatch"])
+    model.hf_model.set_attn_implementation("eager")
+    section = image_maps_section(model, image_queries(task.test, modality="image", template=template), layer=layer)
+    log(f"image maps: {len(section.rows)} {suite.tasks[0]} image queries at layer {layer}")
+    return section.to_html(include_plotlyjs=False)
+
+
 def run_demo(args) -> int:
     """``tv-lens demo``: load the reference VLM, run both suites, print the tables, write the report."""
     chosen = getattr(args, "suite", None) or "both"
@@ -152,11 +169,12 @@ def run_demo(args) -> int:
         curves[modality] = phase_curves(model, prompts, task=task)
         print(f"\nPhases, {modality} ICL ({phase_task}, {len(prompts)} prompts): peak layer / probability")
         print(curves[modality].peaks.round(4).to_string())
+    sections = [image_section(model, results, n_val, n_test, template, log)] if results else []
     elapsed = time.perf_counter() - start
     meta = {"model": model.cfg.model_name, "suites": ", ".join(results), "items": f"val {n_val} / test ≤ {n_test} per task",
             "seeds": ", ".join(map(str, SEEDS)), "template": template, "phase task": phase_task,
             "minutes": round(elapsed / 60, 1)}
-    report = write_report(out, results, curves, meta)
+    report = write_report(out, results, curves, meta, sections=sections)
     print(f"\nReport: {report} ({elapsed / 60:.1f} min)")
     return 0
 
