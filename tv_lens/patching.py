@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from torch import Tensor
 from . import positions as _positions
 from .adapters import resolve_path
 from .errors import HookNameError, IncompatibleArgumentsError, InputError, PositionError
-from .patching_pairs import PairsPatchingResult, is_pair_list, over_pairs
+from .patching_pairs import PairsPatchingResult, best_cell, is_pair_list, over_pairs
 from .progress import tqdm
 
 HOOK_KINDS = {
@@ -368,17 +367,13 @@ class PatchingResult:
 
     def __repr__(self) -> str:
         heads = f" × {len(self.heads)} heads" if self.heads is not None else ""
-        best = self.recovery.flatten().nan_to_num(nan=-math.inf).argmax()
-        li, rest = divmod(int(best), self.recovery.shape[1] * self.recovery.shape[2])
-        pi, hi = divmod(rest, self.recovery.shape[2])
-        where = f"layer {self.layers[li]}, {self.positions[pi].label}" + (
-            f", head {self.heads[hi]}" if self.heads is not None else "")
+        (li, pi, hi), where = best_cell(self)
         skipped = "" if self.computed is None or bool(self.computed.all()) else (
             f" ({int((~self.computed).sum())} no-op cells: clean = corrupted activation)")
         return (f"PatchingResult({self.method}, hook={self.hook}, {len(self.layers)} layers × "
                 f"{len(self.positions)} positions{heads}{skipped}, metric={self.metric}, "
                 f"clean_metric={self.clean_metric:.4g}, corrupted_metric={self.corrupted_metric:.4g}, "
-                f"best recovery {float(self.recovery.flatten()[best]):.3f} "
+                f"best recovery {float(self.recovery[li, pi, hi]):.3f} "
                 f"at {where})")
 
     def _repr_html_(self) -> str:

@@ -95,12 +95,7 @@ class PairsPatchingResult:
         return pd.DataFrame(rows)
 
     def __repr__(self) -> str:
-        flat = self.recovery.flatten().nan_to_num(nan=-math.inf)
-        best = int(flat.argmax())
-        li, rest = divmod(best, self.recovery.shape[1] * self.recovery.shape[2])
-        pi, hi = divmod(rest, self.recovery.shape[2])
-        where = f"layer {self.layers[li]}, {self.positions[pi].label}" + (
-            f", head {self.heads[hi]}" if self.heads is not None else "")
+        (li, pi, hi), where = best_cell(self)
         return (f"PairsPatchingResult({self.method}, hook={self.hook}, {len(self.pairs)} pairs, "
                 f"{len(self.layers)} layers × {len(self.positions)} positions, metric={self.metric}, "
                 f"mean clean_metric={self.clean_metric:.4g}, mean corrupted_metric={self.corrupted_metric:.4g}, "
@@ -110,6 +105,18 @@ class PairsPatchingResult:
     def _repr_html_(self) -> str:
         frame = self.summary().sort_values("recovery", ascending=False).head(10)
         return f"<p><code>{self.__repr__()}</code></p><p>Top cells (mean over pairs):</p>" + frame.to_html(index=False)
+
+
+def best_cell(result: Any) -> tuple[tuple[int, int, int], str]:
+    """The ``(layer, position, head)`` indices of the highest recovery of a patching result (NaN never wins) and
+    their description, ``"layer 3, delimiter[, head 2]"``: what both results' reprs point the reader to."""
+    recovery = result.recovery
+    best = int(recovery.flatten().nan_to_num(nan=-math.inf).argmax())
+    li, rest = divmod(best, recovery.shape[1] * recovery.shape[2])
+    pi, hi = divmod(rest, recovery.shape[2])
+    where = f"layer {result.layers[li]}, {result.positions[pi].label}" + (
+        f", head {result.heads[hi]}" if result.heads is not None else "")
+    return (li, pi, hi), where
 
 
 def _squeeze(result: Any, values: Tensor) -> Tensor:
