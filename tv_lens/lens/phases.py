@@ -37,11 +37,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .errors import InputError, TaskError
-from .progress import tqdm
-from .prompts import Prompt, encode
-from .stats import t_quantile_975
-from .vectors import TaskVector
+from ..errors import InputError, TaskError
+from ..progress import tqdm
+from ..prompts import Prompt, encode
+from ..stats import t_quantile_975
+from ..vectors import TaskVector
 
 OUTPUTS = ("logits", "probs", "log_probs")
 
@@ -364,7 +364,7 @@ def default_token_sets(model, task: Any, prompts: Sequence[Prompt] | None = None
         TaskError: the task has no task word.
     """
     if isinstance(task, str):
-        from . import tasks
+        from .. import tasks
 
         task = tasks.load(task)
     word = getattr(task, "task_word", "")
@@ -464,7 +464,7 @@ def _resid_batches(model, inputs: Any, position: Any, layers: list[int], batch_s
                    desc: str) -> Iterator[tuple[Any, Tensor, Tensor]]:
     """Per batch: ``(batch, positions [b, k], resid [b, n_layers, k, d_model])``, one forward that stops after
     the deepest layer asked for (the final norm and unembedding of the full sequence never run)."""
-    from .positions import resolve
+    from ..positions import resolve
 
     names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     _, groups, n_rows = _chunks(model, inputs, batch_size)
