@@ -1,5 +1,5 @@
 """The house's boundaries (issue #23): one method table, one stats module, one vector recipe, and every old import
-name still answering after the moves (cli/, demo/, runs/, stats, methods)."""
+name still answering after the moves (cli/, demo/, runs/, lens/, stats, methods)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,30 @@ from tv_lens.errors import IncompatibleArgumentsError
 #: Names users and scripts import, with the object they must be now (the move kept each one's identity).
 OLD_NAMES = {
     "tv_lens.lens.t_quantile_975": "tv_lens.stats.t_quantile_975",
+    "tv_lens.lens.LABEL": "tv_lens.lens.tokens.LABEL",
+    "tv_lens.lens.PerPrompt": "tv_lens.lens.tokens.PerPrompt",
+    "tv_lens.lens.TokenSet": "tv_lens.lens.tokens.TokenSet",
+    "tv_lens.lens.TokenSetWarning": "tv_lens.lens.tokens.TokenSetWarning",
+    "tv_lens.lens.first_token": "tv_lens.lens.tokens.first_token",
+    "tv_lens.lens.token_mask": "tv_lens.lens.tokens.token_mask",
+    "tv_lens.lens.token_set": "tv_lens.lens.tokens.token_set",
+    "tv_lens.lens.OUTPUTS": "tv_lens.lens.decode.OUTPUTS",
+    "tv_lens.lens.TopK": "tv_lens.lens.decode.TopK",
+    "tv_lens.lens.decode_vector": "tv_lens.lens.decode.decode_vector",
+    "tv_lens.lens.entropy": "tv_lens.lens.decode.entropy",
+    "tv_lens.lens.logit_lens": "tv_lens.lens.decode.logit_lens",
+    "tv_lens.lens.token_probability": "tv_lens.lens.decode.token_probability",
+    "tv_lens.lens.token_rank": "tv_lens.lens.decode.token_rank",
+    "tv_lens.lens.top_k": "tv_lens.lens.decode.top_k",
+    "tv_lens.lens.LayerLens": "tv_lens.lens.layers.LayerLens",
+    "tv_lens.lens.lens_over_layers": "tv_lens.lens.layers.lens_over_layers",
+    "tv_lens.lens.PhaseCurves": "tv_lens.lens.phases.PhaseCurves",
+    "tv_lens.lens.default_token_sets": "tv_lens.lens.phases.default_token_sets",
+    "tv_lens.lens.find_peak": "tv_lens.lens.phases.find_peak",
+    "tv_lens.lens.input_token_set": "tv_lens.lens.phases.input_token_set",
+    "tv_lens.lens.phase_curves": "tv_lens.lens.phases.phase_curves",
+    "tv_lens.lens.summarize": "tv_lens.lens.phases.summarize",
+    "tv_lens.lens.top1_distribution": "tv_lens.lens.phases.top1_distribution",
     "tv_lens.protocol.mean_ci": "tv_lens.stats.mean_ci",
     "tv_lens.protocol.format_ci": "tv_lens.stats.format_ci",
     "tv_lens.protocol.VECTOR_KINDS": "tv_lens.methods.VECTOR_KINDS",
