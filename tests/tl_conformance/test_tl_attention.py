@@ -10,8 +10,11 @@ import copy
 import pytest
 import torch
 
+from helpers import two_prompts
+
 import tv_lens as tvl
 from tv_lens.errors import UnsupportedModelError
+from tv_lens.testing import available_families, tiny_model
 
 from .conftest import tiny
 
@@ -135,3 +138,27 @@ def test_scores_and_pattern_agree_with_transformer_bridge(pair):
         torch.testing.assert_close(our_cache[name][..., ~future], tl_cache[name][..., ~future], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(our_cache[f"blocks.{layer}.attn.hook_pattern"],
                                    tl_cache[f"blocks.{layer}.attn.hook_pattern"], atol=1e-5, rtol=1e-5)
+
+
+VLM_FAMILIES = [f for f in ("llava", "idefics3", "qwen2_vl", "gemma3") if f in available_families()]
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+@torch.no_grad()
+def test_vlm_scores_and_written_pattern_with_images(family):
+    """Image prompts (Gemma 3: bidirectional image attention, M-RoPE in Qwen2-VL): the scores softmax to the
+    pattern, identity hooks leave the logits bit-identical, a written pattern changes them."""
+    made = tiny_model(family)
+    hooked = made.hooked()
+    inputs, _ = two_prompts(made, hooked, n_images=(1, 1))
+    clean = hooked(inputs)
+    names = [f"blocks.{layer}.attn.hook_{kind}" for layer in range(hooked.cfg.n_layers)
+             for kind in ("attn_scores", "pattern")]
+    logits, cache = hooked.run_with_cache(inputs, names_filter=names)
+    assert torch.equal(logits, clean)
+    for layer in range(hooked.cfg.n_layers):
+        torch.testing.assert_close(cache[f"blocks.{layer}.attn.hook_attn_scores"].softmax(-1),
+                                   cache[f"blocks.{layer}.attn.hook_pattern"], atol=1e-6, rtol=0)
+    halved = hooked.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: p * 0.5)])
+    assert (halved - clean).abs().max() > 1e-4
+    assert hooked._torch_handles == {} and torch.equal(hooked(inputs), clean)
