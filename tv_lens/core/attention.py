@@ -42,7 +42,8 @@ def hooked_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value:
 
     Args:
         query: ``[batch, head, q_pos, d_head]``; key/value: ``[batch, kv_head, k_pos, d_head]``.
-        attention_mask: additive ``[batch, 1, q_pos, k_pos]`` (0 where allowed, the dtype's minimum where masked).
+        attention_mask: additive ``[batch, 1, q_pos, k_pos]`` (0 where allowed, the dtype's minimum where masked;
+            ``hook_attn_scores`` shows masked keys as ``-inf``, as TransformerLens does).
     Returns:
         ``(z [batch, q_pos, head, d_head], pattern [batch, head, q_pos, k_pos])``.
     """
@@ -63,13 +64,26 @@ def hooked_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value:
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
     if scores_point is not None:
-        scores = scores_point(scores)
+        scores = _through_scores_point(scores_point, scores)
     pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if pattern_point is not None:
         pattern = pattern_point(pattern)
     pattern_used = nn.functional.dropout(pattern, p=dropout, training=module.training)
     z = torch.matmul(pattern_used, value).transpose(1, 2).contiguous()
     return z, pattern
+
+
+def _through_scores_point(point: nn.Module, scores: Tensor) -> Tensor:
+    """Pass the scores through ``hook_attn_scores`` as TransformerLens shows them: masked keys are ``-inf`` (HF's
+    additive mask holds the dtype's minimum). A hook that returns its input leaves HF's scores untouched (exact
+    numbers); a returned tensor's ``-inf`` go back to the dtype's minimum, so a fully masked row (padding) keeps
+    HF's uniform pattern instead of NaN."""
+    low = torch.finfo(scores.dtype).min
+    view = scores.masked_fill(scores <= low / 2, float("-inf"))
+    new = point(view)
+    if new is view:
+        return scores
+    return new.masked_fill(new == float("-inf"), low)
 
 
 def register() -> None:
