@@ -96,14 +96,15 @@ def test_patching_z_and_result_is_sound(llama):
 
 
 @torch.no_grad()
-def test_pattern_needs_eager_and_is_read_only():
+def test_pattern_needs_eager_and_is_writable():
     tiny = tiny_model("llama")
     hooked = tiny.hooked()
     inputs = hooked.prepare(["Q:France\nA:Paris", "Q:Peru\nA:"])
     _, cache = hooked.run_with_cache(inputs, names_filter="blocks.0.attn.hook_pattern", positions="last")
     assert cache["pattern", 0].shape == (2, hooked.cfg.n_heads, 1, inputs["input_ids"].shape[1])
-    with pytest.raises(IncompatibleArgumentsError, match="read, not patched"):
-        hooked.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: p * 0.5)])
+    clean = hooked(inputs)
+    halved = hooked.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: p * 0.5)])
+    assert (halved - clean).abs().max() > 1e-3, "a written pattern changes the output"
     assert hooked._torch_handles == {}
 
     tiny.model.set_attn_implementation("sdpa")

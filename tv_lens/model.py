@@ -101,8 +101,8 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, Hook
     ``attn.hook_q/k/v`` (projections before rotary, ``[batch, pos, head, d_head]``,
     keys/values with the GQA head count), ``attn.hook_z``, ``attn.hook_result`` (each head's contribution
     ``z_h @ W_O[h]``, computed only while hooked; cached by ``names_filter=None`` after
-    ``set_use_attn_result(True)``), ``attn.hook_pattern``
-    (eager attention only; read-only), ``mlp.hook_post`` (the MLP's hidden activation); and
+    ``set_use_attn_result(True)``), ``attn.hook_attn_scores`` and ``attn.hook_pattern``
+    (eager attention only; both writable), ``mlp.hook_post`` (the MLP's hidden activation); and
     ``ln_final.hook_scale`` (read-only) and ``ln_final.hook_normalized``.
 
     TransformerLens habits that work: ``model(x, return_type=..., loss_per_token=..., stop_at_layer=...,
@@ -181,6 +181,7 @@ class HookedMultimodalModel(Running, Inputs, Tokens, Weights, HeadAnalysis, Hook
         if self._head_hooks:
             for block in self.blocks:
                 block.attn.hook_pattern._check_attach = self._check_pattern_available
+                block.attn.hook_attn_scores._check_attach = self._check_pattern_available
 
     def _hooks_paused(self, point: BridgedHookPoint) -> bool:
         """Hook functions sit a call out past the prompt of ``generate(hooks_on="prompt")``, and before the first

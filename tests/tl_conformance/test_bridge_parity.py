@@ -42,6 +42,9 @@ def test_logits_loss_and_every_shared_activation(pair):
         shared.remove(name)
         expected = tl_cache[name] * norm.w + (norm.b if ours.cfg.normalization_type == "LN" else 0)
         torch.testing.assert_close(our_cache[name], expected, atol=TOL, rtol=TOL)
+    # hook_attn_scores: masked keys are -inf in ours (as in HookedTransformer), the dtype's minimum in the bridge
+    # (HF's mask); visible keys are compared in test_tl_attention.py.
+    shared = [name for name in shared if not name.endswith("attn.hook_attn_scores")]
     assert len(shared) >= 12 * ours.cfg.n_layers // 1 - 2 * ours.cfg.n_layers
     diffs = {name: _max_diff(tl_cache[name], our_cache[name]) for name in shared}
     assert max(diffs.values()) <= TOL, {k: v for k, v in diffs.items() if v > TOL}

@@ -14,6 +14,9 @@ from ..errors import HookNameError, IncompatibleArgumentsError, LayerOutOfRangeE
 from .sites import bridges_of, points_of
 
 
+_EAGER_ONLY = ("attn.hook_pattern", "attn.hook_attn_scores")   # hook points served on eager attention only
+
+
 class _CountingBackwardHook:
     """Wraps a backward hook function to count its calls: a backward hook that never fired is an error."""
 
@@ -88,13 +91,13 @@ class HookAPI:
             return bool(self.__dict__.get("_use_hook_mlp_in", False))
         if name == "hook_tokens":
             return bool(self.cfg.use_hook_tokens)
-        return not (name.endswith("attn.hook_pattern") and self.attn_implementation != "eager")
+        return not (name.endswith(_EAGER_ONLY) and self.attn_implementation != "eager")
 
     def _drop_unavailable(self, names: list[str]) -> list[str]:
         """Wildcards skip attention patterns a non-eager model cannot give, unless they select nothing else (then
         attaching raises the error that names the fix)."""
         eager = self.attn_implementation == "eager"
-        kept = [n for n in names if eager or not n.endswith("attn.hook_pattern")]
+        kept = [n for n in names if eager or not n.endswith(_EAGER_ONLY)]
         return kept or names
 
     def layer_index(self, layer: int) -> int:
@@ -112,13 +115,15 @@ class HookAPI:
         attention = self._mods.attention
         config = getattr(attention[0], "config", None) if attention and attention[0] is not None else None
         config = config or self.adapter.text_config(self.hf_model.config)
-        return getattr(config, "_attn_implementation", None)
+        impl = getattr(config, "_attn_implementation", None)
+        return "eager" if impl == "tv_lens_eager" else impl   # switched only while a score/pattern hook is held
 
     def _check_pattern_available(self, ran: bool = False) -> None:
         impl = self.attn_implementation
         if ran or impl != "eager":
             raise IncompatibleArgumentsError(
-                f"blocks.*.attn.hook_pattern needs the attention weights, which only eager attention returns; this "
+                f"blocks.*.attn.hook_pattern / hook_attn_scores need eager attention (tv_lens hooks it through "
+                "transformers' AttentionInterface); this "
                 f"model runs attn_implementation={impl!r}. Load it with attn_implementation=\"eager\" "
                 "(from_pretrained(..., attn_implementation=\"eager\")) or call "
                 "model.hf_model.set_attn_implementation(\"eager\"). hook_z and hook_result work with any.")

@@ -419,7 +419,7 @@ class Running:
 
         def keep(tensor: Tensor, name: str) -> None:
             kept = tensor.detach()
-            if index is not None and name.split("_grad")[0].endswith("attn.hook_pattern"):
+            if index is not None and name.split("_grad")[0].endswith(("attn.hook_pattern", "attn.hook_attn_scores")):
                 kept = _positions.gather(kept.transpose(1, 2), index).transpose(1, 2)   # [batch, head, k, key]
             elif index is not None and name not in SEQUENCE_FREE and not name.startswith("hook_image_features"):
                 kept = _positions.gather(kept, index)

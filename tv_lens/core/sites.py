@@ -61,7 +61,8 @@ SITES: tuple[Site, ...] = (
     Site("attn.hook_q", "q_proj", "post", "rw", True, "q", True, "batch pos head d_head"),
     Site("attn.hook_k", "k_proj", "post", "rw", True, "k", True, "batch pos kv_head d_head"),
     Site("attn.hook_v", "v_proj", "post", "rw", True, "v", True, "batch pos kv_head d_head"),
-    Site("attn.hook_pattern", "attention", "post", "r", True, "pattern", True, "batch head query_pos key_pos"),
+    Site("attn.hook_attn_scores", "attention", "post", "rw", True, "attn_fn", True, "batch head query_pos key_pos"),
+    Site("attn.hook_pattern", "attention", "post", "rw", True, "attn_fn", True, "batch head query_pos key_pos"),
     Site("attn.hook_z", "o_proj", "pre", "rw", True, "z", True, "batch pos head d_head"),
     Site("attn.hook_result", "o_proj", "post", "rw", True, "result", True, "batch pos head d_model"),
     Site("hook_attn_out", "attn_out", "post", "rw", False, "attn_out", True, "batch pos d_model"),
@@ -272,18 +273,31 @@ def _qkv(which: str):
     return install
 
 
-def _pattern(model: HookedMultimodalModel, layer: int) -> list:
-    point = model.hook_dict[f"blocks.{layer}.attn.hook_pattern"]
+def _attn_fn(model: HookedMultimodalModel, layer: int) -> list:
+    """``attn.hook_attn_scores`` and ``attn.hook_pattern``: the layer's attention runs tv_lens's hooked eager
+    attention (:mod:`.attention`) while either holds a hook; a module that never called it raises after running."""
+    from .attention import _Switch, record_of
 
-    def pattern_hook(module, args, output):
-        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-        if weights is None:
-            model._check_pattern_available(ran=True)
-        _read_only(point, weights, "the attention module has already used the weights when they reach the hook. "
-                                   f"Patch blocks.{layer}.attn.hook_z instead.")
+    module = model._mods.attention[layer]
+    points = (model.hook_dict[f"blocks.{layer}.attn.hook_attn_scores"],
+              model.hook_dict[f"blocks.{layer}.attn.hook_pattern"])
+    switch = _Switch(module, module.config, points)
+
+    def clear(module, args):
+        record = record_of(module)
+        if record is not None:
+            record["called"] = False
+
+    def check(module, args, output):
+        record = record_of(module)
+        if record is not None and not record["called"] and not model._hooks_paused(points[0]):
+            raise UnsupportedModelError(
+                f"blocks.{layer}.attn.hook_attn_scores / hook_pattern: {type(module).__name__} does not dispatch "
+                "through transformers' AttentionInterface, so tv_lens cannot hook its scores or pattern. "
+                f"Use blocks.{layer}.attn.hook_z or hook_result instead.")
         return None
 
-    return [model._mods.attention[layer].register_forward_hook(pattern_hook)]
+    return [module.register_forward_pre_hook(clear), module.register_forward_hook(check), switch]
 
 
 def _z(model: HookedMultimodalModel, layer: int) -> list:
@@ -388,7 +402,7 @@ BRIDGES: dict[str, Callable[[Any, int | None], list]] = {
     "q": _qkv("q"),
     "k": _qkv("k"),
     "v": _qkv("v"),
-    "pattern": _pattern,
+    "attn_fn": _attn_fn,
     "z": _z,
     "result": _result,
     "final_norm": _norm("final_norm", "ln_final"),
