@@ -12,14 +12,8 @@ Two one-call experiments sit on top:
   *answer* token set, mean and spread over prompts → :class:`PhaseCurves`. :func:`top1_distribution` gives
   Figure 4's pies, :func:`decode_vector` Table 2's top-k decodings of a task vector.
 
-Token sets (:func:`token_set`): a member given as an id is used as is. A member given as a string stands for the
-FIRST token of that string, tried twice — as written and with one leading space (``"capital"`` → ``"capital"`` and
-``" capital"``), both kept as separate members (duplicates dropped). Strings that already start with whitespace are
-used as written only. Where a tokenizer gives a leading space a token of its own, that whitespace-only token is
-skipped. A string that is several tokens is still counted by its first token, and a :class:`TokenSetWarning` (one
-per set and call) lists those strings. Empty sets, empty strings and strings that tokenize to nothing raise
-:class:`~tv_lens.errors.InputError`. Probabilities of a set are summed over its distinct members, after a softmax
-over the FULL vocabulary; sets are independent, so two sets that share a token both count it.
+Token sets (:func:`token_set`: which token ids a readout sums, how strings map to first tokens, the warnings and
+errors) are described in :mod:`tv_lens.lens.tokens`.
 """
 
 # In the order the names had in the single module lens.py: the API page lists them in this order.
